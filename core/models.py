@@ -86,8 +86,10 @@ def conv_med(spec: InputSpec) -> nn.Module:
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 32, 5, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c, 32, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            nn.ReLU(),
         ],
         [200, 100],
     )
@@ -99,10 +101,14 @@ def conv_big(spec: InputSpec) -> nn.Module:
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 32, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 4, stride=2, padding=1),
+            nn.ReLU(),
         ],
         [512, 512],
     )
@@ -114,9 +120,15 @@ def cifar_cnn(spec: InputSpec) -> nn.Module:
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 4, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(c, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 4, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
             nn.AvgPool2d(2),
         ],
         [256],
@@ -134,8 +146,12 @@ def fl_wbc_fmnist(spec: InputSpec) -> nn.Module:
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 16, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         ],
         [],
     )
@@ -147,8 +163,12 @@ def fl_wbc_lenet(spec: InputSpec) -> nn.Module:
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         ],
         [120, 84],
     )

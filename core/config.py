@@ -1,0 +1,224 @@
+"""The one validated configuration of a run, parsed once from Flower's flat run config.
+
+Flower hands the app a flat mapping of dotted keys (`train.lr`, `agg.rule`, ...), taken from
+`[tool.flwr.app.config]` in pyproject.toml plus `--run-config` overrides. `RunConfig.from_flat`
+turns it into nested pydantic models; a bad value raises `ConfigError` naming the key, the value
+and what is allowed, before any training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A run or node config value that is unknown, mistyped or out of range."""
+
+
+def _hyphenate(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Section(BaseModel):
+    """Base of every config section: hyphenated keys, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=_hyphenate, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def parse_float_list(value: Any) -> tuple[float, ...]:
+    """Parse "0.1,0.15" (Flower configs hold scalars only) or a sequence into floats."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            return tuple(float(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"expected comma-separated numbers, got {value!r}") from None
+    if isinstance(value, int | float):
+        return (float(value),)
+    return tuple(float(v) for v in value)
+
+
+DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "npz"]
+PartitionScheme = Literal["iid", "dirichlet", "shards"]
+AggregationRuleName = Literal[
+    "mean",
+    "median",
+    "trimmed-mean",
+    "krum",
+    "multi-krum",
+    "bulyan",
+    "geometric-median",
+    "norm-clip",
+    "weak-dp",
+]
+
+
+class DataConfig(_Section):
+    """Where the data lives, the held-out splits (CFAT Sec. 5) and how clients share the rest."""
+
+    dataset: DatasetName = "mnist"
+    dir: str = ""  # "" -> $CERTFL_DATA -> ./data
+    npz_path: str = ""  # for dataset = "npz": file relative to dir (or absolute)
+    download: bool = False  # let torchvision download missing files (needs a network)
+    n_cert: int = Field(-1, ge=-1)  # -1 -> dataset default (1000 MNIST-like, 100 CIFAR-10)
+    n_val: int = Field(5000, ge=0)
+    partition: PartitionScheme = "iid"
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    shards_per_client: int = Field(2, ge=1)
+    max_client_samples: int = Field(0, ge=0)  # 0 -> all of the client's partition
+
+
+class ModelConfig(_Section):
+    """Which registered network to train."""
+
+    name: str = "conv-small"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from core.models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model; allowed: {', '.join(sorted(MODELS))}")
+        return v
+
+
+class TrainConfig(_Section):
+    """Client sampling and benign local training (plain SGD or Madry PGD training)."""
+
+    clients_per_round: int = Field(5, ge=1)
+    min_nodes: int = Field(0, ge=0)  # wait for this many connected nodes; 0 -> clients-per-round
+    round_timeout: float = Field(600.0, gt=0)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    mode: Literal["sgd", "pgd"] = "pgd"
+    adv_eps: float = Field(0.25, ge=0)  # L_adv
+    adv_steps: int = Field(10, ge=1)
+    adv_step_size: float = Field(0.0, ge=0)  # 0 -> 2.5 * eps / steps
+    adv_random_start: bool = True
+
+
+class AggregationConfig(_Section):
+    """The robust aggregation rule and its parameters (see strategies/aggregators.py)."""
+
+    rule: AggregationRuleName = "median"
+    f: int = Field(1, ge=0)  # assumed Byzantine replies per round (Krum, Multi-Krum, Bulyan)
+    beta: float = Field(0.2, ge=0, lt=0.5)  # trimmed-mean cut fraction per side
+    m: int = Field(0, ge=0)  # Multi-Krum: models averaged; 0 -> K - f
+    tau: float = Field(1.0, gt=0)  # norm-clip / weak-dp: L2 bound on each update
+    noise_std: float = Field(0.0, ge=0)  # weak-dp: std of the Gaussian noise on the aggregate
+    weighting: Literal["uniform", "num-examples"] = "uniform"
+    weight_cap: float = Field(2.0, ge=1)  # num-examples weights capped at cap * median count
+
+
+class EvalConfig(_Section):
+    """Central evaluation of the global model every round, on a fixed test subset."""
+
+    n_test: int = Field(1000, ge=0)  # 0 -> the whole test set
+    adv_eps: float = Field(-1.0, ge=-1)  # -1 -> train.adv-eps
+    adv_steps: int = Field(10, ge=0)
+    batch_size: int = Field(500, ge=1)
+
+
+class RolesConfig(_Section):
+    """Simulation only: the seeded share of virtual clients that take each non-benign role."""
+
+    malicious_fraction: float = Field(0.0, ge=0, le=1)
+    attack: str = ""  # the policy of the malicious share, e.g. "distillation"
+    fl_wbc_fraction: float = Field(0.0, ge=0, le=1)
+
+
+class RunConfig(_Section):
+    """Everything one run needs; built once by the server and once per client process."""
+
+    seed: int = Field(0, ge=0)
+    num_rounds: int = Field(3, ge=1)
+    output_dir: str = "runs"
+    run_name: str = ""  # "" -> a timestamp
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    agg: AggregationConfig = AggregationConfig()
+    eval: EvalConfig = EvalConfig()
+    roles: RolesConfig = RolesConfig()
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> RunConfig:
+        """Validate Flower's flat dotted run config; raise ConfigError naming each bad key."""
+        return _validate(cls, flat, "run config")
+
+    def to_flat(self) -> dict[str, Any]:
+        """The resolved config as flat dotted keys, as written into the run directory."""
+        return _flatten(self.model_dump(by_alias=True))
+
+
+class NodeConfig(_Section):
+    """A SuperNode's own config: its data partition and, in deployment, its role."""
+
+    partition_id: int = Field(ge=0)
+    num_partitions: int = Field(ge=1)
+    role: str = ""  # "" -> from the seeded simulation assignment (core/roles.py)
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> NodeConfig:
+        """Validate a node config; extra keys Flower adds are ignored, ours are checked."""
+        known = {"partition-id", "num-partitions", "role"}
+        cfg = _validate(cls, {k: v for k, v in flat.items() if k in known}, "node config")
+        if cfg.partition_id >= cfg.num_partitions:
+            raise ConfigError(
+                f"node config key 'partition-id' = {cfg.partition_id}: must be < "
+                f"num-partitions ({cfg.num_partitions})"
+            )
+        return cfg
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {key!r} nests under a scalar key {part!r}")
+        node[leaf] = value
+    return nested
+
+
+def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _validate(model: type[M], flat: Mapping[str, Any], what: str) -> M:
+    """Validate `flat` into `model`, turning pydantic's errors into one readable ConfigError."""
+    try:
+        return model.model_validate(_unflatten(flat))
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"{what} key {key!r} is unknown")
+            elif e["type"] == "missing":
+                lines.append(f"{what} key {key!r} is required")
+            else:
+                lines.append(f"{what} key {key!r} = {e['input']!r}: {e['msg']}")
+        raise ConfigError("; ".join(lines)) from None

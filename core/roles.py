@@ -1,0 +1,62 @@
+"""Client roles: `benign`, `fl-wbc` or `attack:<policy>`, from node config or a seeded assignment.
+
+In deployment each SuperNode's node config names its role. In simulation the virtual clients have
+no such config, so the roles come from a seeded permutation of the partition ids. Both paths go
+through `resolve_role`, and only clients call it: the server never learns who is malicious.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.config import ConfigError, NodeConfig, RolesConfig
+
+BENIGN = "benign"
+FL_WBC = "fl-wbc"
+ATTACK_PREFIX = "attack:"
+
+
+def validate_role(role: str) -> str:
+    """Return `role` if well formed, else raise ConfigError saying what is allowed."""
+    if role in (BENIGN, FL_WBC) or (
+        role.startswith(ATTACK_PREFIX) and len(role) > len(ATTACK_PREFIX)
+    ):
+        return role
+    raise ConfigError(
+        f"node config key 'role' = {role!r}: expected 'benign', 'fl-wbc' or 'attack:<policy>'"
+    )
+
+
+def attack_name(role: str) -> str | None:
+    """The policy name of an `attack:<policy>` role, else None."""
+    return role[len(ATTACK_PREFIX) :] if role.startswith(ATTACK_PREFIX) else None
+
+
+def assign_roles(num_partitions: int, cfg: RolesConfig, seed: int) -> list[str]:
+    """Seeded roles of all partitions: round(fraction * N) malicious, then FL-WBC, rest benign."""
+    n_mal = round(cfg.malicious_fraction * num_partitions)
+    n_wbc = round(cfg.fl_wbc_fraction * num_partitions)
+    if n_mal and not cfg.attack:
+        raise ConfigError(
+            f"run config key 'roles.malicious-fraction' = {cfg.malicious_fraction} needs "
+            "'roles.attack' to name a policy"
+        )
+    if n_mal + n_wbc > num_partitions:
+        raise ConfigError(
+            f"roles.malicious-fraction ({cfg.malicious_fraction}) + roles.fl-wbc-fraction "
+            f"({cfg.fl_wbc_fraction}) exceed 1"
+        )
+    order = np.random.default_rng([seed, 0x501E5]).permutation(num_partitions)
+    roles = [BENIGN] * num_partitions
+    for pid in order[:n_mal]:
+        roles[pid] = ATTACK_PREFIX + cfg.attack
+    for pid in order[n_mal : n_mal + n_wbc]:
+        roles[pid] = FL_WBC
+    return roles
+
+
+def resolve_role(node: NodeConfig, cfg: RolesConfig, seed: int) -> str:
+    """The node's role: its node config's `role` if set, else the seeded simulation assignment."""
+    if node.role:
+        return validate_role(node.role)
+    return assign_roles(node.num_partitions, cfg, seed)[node.partition_id]
