@@ -13,6 +13,7 @@ torchvision needs a writable root to extract the .gz files, so they are symlinke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -146,10 +147,8 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[ImageSet, I
     for f in _MNIST_FILES:
         link = cache_raw / f
         if (raw / f).is_file() and not link.exists():
-            try:
+            with contextlib.suppress(FileExistsError):  # another process linked it first
                 link.symlink_to(raw / f)
-            except FileExistsError:  # another process linked it first
-                pass
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
     sets = []
     for train in (True, False):

@@ -70,7 +70,7 @@ def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def flatten_checked(record: ArrayRecord, layout: Layout) -> torch.Tensor:
-    """A client's record as a flat float32 vector, after checking keys, shapes, dtypes, finiteness."""
+    """A client's record as a flat float32 vector, once keys, shapes, dtypes, values check."""
     arrays = record_to_numpy(record)
     missing = [k for k in layout.keys if k not in arrays]
     extra = [k for k in arrays if k not in layout.keys]
