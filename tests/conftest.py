@@ -1,0 +1,30 @@
+"""Shared test setup: where the real datasets are, and a private cache for extracted files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("CERTFL_DATA") or REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def certfl_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Point CERTFL_DATA at the shared data and CERTFL_CACHE at a writable cache for the session."""
+    os.environ["CERTFL_DATA"] = str(_data_dir())
+    os.environ.setdefault("CERTFL_CACHE", str(tmp_path_factory.mktemp("certfl-cache")))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real datasets (../shared/data unless CERTFL_DATA says otherwise)."""
+    path = _data_dir()
+    if not (path / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST not found under {path}; set CERTFL_DATA to the shared data directory")
+    return path
