@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,10 +128,29 @@ def cache_dir() -> Path:
     return path
 
 
-def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
-    """MNIST or Fashion-MNIST through torchvision, from .gz files symlinked into the cache."""
-    import torchvision
+def _cached_sets(
+    tag: str, sources: list[Path], load: Callable[[], tuple[ImageSet, ImageSet]]
+) -> tuple[ImageSet, ImageSet]:
+    """`load()`'s train and test sets, saved once as tensors in the cache keyed by the sources.
 
+    Later processes (every ClientApp process of a deployment) read the tensors back in
+    milliseconds instead of importing torchvision or decompressing again.
+    """
+    stamp = "-".join(f"{p.stat().st_size}.{int(p.stat().st_mtime)}" for p in sources)
+    cached = cache_dir() / "tensors" / f"{tag}-{stamp}.pt"
+    if cached.is_file():
+        arrays = torch.load(cached)
+        return ImageSet(*arrays["train"]), ImageSet(*arrays["test"])
+    train, test = load()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"train": (train.x, train.y), "test": (test.x, test.y)}, tmp)
+    tmp.replace(cached)
+    return train, test
+
+
+def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
+    """MNIST or Fashion-MNIST: torchvision on .gz files symlinked into the cache, then tensors."""
     folder = _TORCHVISION_FOLDERS[name]
     raw = root / folder / "raw"
     missing = [f for f in _MNIST_FILES if not (raw / f).is_file()]
@@ -141,8 +160,19 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[ImageSet, I
             "files there (e.g. point data.dir or CERTFL_DATA at ../shared/data), or set "
             "data.download=true to let torchvision fetch them."
         )
+    if missing:
+        return _torchvision_mnist(name, raw)
+    return _cached_sets(
+        name, [raw / f for f in _MNIST_FILES], lambda: _torchvision_mnist(name, raw)
+    )
+
+
+def _torchvision_mnist(name: str, raw: Path) -> tuple[ImageSet, ImageSet]:
+    """Let torchvision check the MD5s and extract (or download) into the cache."""
+    import torchvision
+
     cache_root = cache_dir() / "torchvision"
-    cache_raw = cache_root / folder / "raw"
+    cache_raw = cache_root / _TORCHVISION_FOLDERS[name] / "raw"
     cache_raw.mkdir(parents=True, exist_ok=True)
     for f in _MNIST_FILES:
         link = cache_raw / f
@@ -172,27 +202,22 @@ def _hwc_to_nchw(x: np.ndarray) -> torch.Tensor:
 
 
 def load_npz_images(path: Path) -> tuple[ImageSet, ImageSet]:
-    """An .npz with x_train, y_train, x_test, y_test; decompressed once into a cached copy."""
+    """An .npz with x_train, y_train, x_test, y_test (HWC or HW uint8), decompressed once."""
     if not path.is_file():
         raise DataNotFoundError(
             f"{path} not found: expected an .npz holding x_train, y_train, x_test, y_test"
         )
-    stat = path.stat()
-    cached = cache_dir() / "npz" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}.pt"
-    if cached.is_file():
-        arrays = torch.load(cached)
-        return ImageSet(*arrays["train"]), ImageSet(*arrays["test"])
-    with np.load(path) as npz:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
-        if missing:
-            raise ValueError(f"{path}: missing arrays {sorted(missing)}; has {npz.files}")
-        train = ImageSet(_hwc_to_nchw(npz["x_train"]), torch.from_numpy(npz["y_train"]).long())
-        test = ImageSet(_hwc_to_nchw(npz["x_test"]), torch.from_numpy(npz["y_test"]).long())
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"train": (train.x, train.y), "test": (test.x, test.y)}, tmp)
-    tmp.replace(cached)
-    return train, test
+
+    def load() -> tuple[ImageSet, ImageSet]:
+        with np.load(path) as npz:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
+            if missing:
+                raise ValueError(f"{path}: missing arrays {sorted(missing)}; has {npz.files}")
+            train = ImageSet(_hwc_to_nchw(npz["x_train"]), torch.from_numpy(npz["y_train"]).long())
+            test = ImageSet(_hwc_to_nchw(npz["x_test"]), torch.from_numpy(npz["y_test"]).long())
+        return train, test
+
+    return _cached_sets(f"npz-{path.stem}", [path], load)
 
 
 def _load_cifar10(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
