@@ -29,7 +29,9 @@ class PGDConfig:
         if self.eps < 0:
             raise ValueError(f"PGD eps must be >= 0, got {self.eps}")
         if self.steps < 0 or self.restarts < 1:
-            raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got {self.steps}, {self.restarts}")
+            raise ValueError(
+                f"PGD needs steps >= 0 and restarts >= 1, got {self.steps}, {self.restarts}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"PGD temperature must be > 0, got {self.temperature}")
 
@@ -55,7 +57,8 @@ def _one_run(
 ) -> torch.Tensor:
     """One PGD run from a random (or the clean) start; returns the last iterate."""
     if cfg.random_start and cfg.eps > 0:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        # drawn on the CPU so that one seeded CPU generator serves any device
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         x_adv = _project(x + (2 * noise - 1) * cfg.eps, x, cfg.eps)
     else:
         x_adv = x.clone()
