@@ -1,0 +1,57 @@
+"""Central evaluation of the global model: clean and PGD accuracy on a fixed test subset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord
+from torch import nn
+
+from attacks.evasion import PGDConfig, pgd
+from core.config import RunConfig
+from core.data import ImageSet
+from core.params import load_record
+from core.seeds import torch_generator
+from core.training import evaluate
+
+
+def eval_subset(test: ImageSet, n_test: int, seed: int) -> ImageSet:
+    """A fixed, seeded subset of `n_test` test points (0: the whole test set)."""
+    if n_test == 0 or n_test >= len(test):
+        return test
+    order = torch.randperm(len(test), generator=torch_generator(seed, "eval-subset"))
+    return test.subset(order[:n_test].sort().values)
+
+
+@dataclass
+class CentralEvaluator:
+    """Loads a global model into `model` and measures it on `data`."""
+
+    model: nn.Module
+    data: ImageSet
+    cfg: RunConfig
+    device: torch.device
+
+    @property
+    def adv_eps(self) -> float:
+        """L_adv of the evaluation: eval.adv-eps, or train.adv-eps when it is -1."""
+        e = self.cfg.eval
+        return self.cfg.train.adv_eps if e.adv_eps < 0 else e.adv_eps
+
+    def __call__(self, arrays: ArrayRecord, server_round: int) -> dict[str, float]:
+        """clean_acc, clean_loss, pgd_acc, pgd_loss of the model `arrays` hold."""
+        load_record(self.model, arrays)
+        e = self.cfg.eval
+        clean = evaluate(self.model, self.data, e.batch_size, device=self.device)
+        metrics = {"clean_acc": clean.accuracy, "clean_loss": clean.loss, "n_test": clean.n}
+        if e.adv_steps > 0 and self.adv_eps > 0:
+            generator = torch_generator(self.cfg.seed, "eval-pgd", server_round)
+            attack = PGDConfig(eps=self.adv_eps, steps=e.adv_steps)
+
+            def perturb(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return pgd(m, x, y, attack, generator)
+
+            adv = evaluate(self.model, self.data, e.batch_size, perturb, device=self.device)
+            metrics |= {"pgd_acc": adv.accuracy, "pgd_loss": adv.loss, "adv_eps": self.adv_eps}
+        return metrics
