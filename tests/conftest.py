@@ -28,3 +28,30 @@ def data_dir() -> Path:
     if not (path / "MNIST" / "raw").is_dir():
         pytest.fail(f"MNIST not found under {path}; set CERTFL_DATA to the shared data directory")
     return path
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """Pids of live processes whose environment holds `key=value` (children inherit it)."""
+    needle = f"{key}={value}".encode() + b"\0"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes() + b"\0"
+            state = (entry / "stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            continue
+        if needle in environ and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_processes_with_env(key: str, value: str) -> None:
+    """SIGKILL every live process whose environment holds `key=value`."""
+    import contextlib
+    import signal
+
+    for pid in processes_with_env(key, value):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
