@@ -1,0 +1,105 @@
+"""Peak memory and wall time of a `flwr run` simulation with many virtual clients (run by hand).
+
+    .venv/bin/python bench/sim_memory.py --clients 500 --rounds 2
+
+Samples, every 0.5 s, the summed RSS of every process of the run (found by its private
+FLWR_HOME in /proc/<pid>/environ: SuperLink, simulation runtime, Ray workers) and prints the
+peak beside a 20-client run measured in the same invocation as the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pids_with(needle: bytes) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes() + b"\0":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_once(clients: int, rounds: int, data_dir: str) -> tuple[float, float, int]:
+    """(wall seconds, peak summed RSS in GiB, return code) of one simulation."""
+    from cli.processes import free_ports
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "flwr-home"
+        runtime, control = free_ports(2)
+        bindir = Path(sys.executable).parent
+        env = {
+            **os.environ,
+            "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+            "FLWR_HOME": str(home),
+            "FLWR_LOCAL_RUNTIME_API_PORT": str(runtime),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(control),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
+        needle = f"FLWR_HOME={home}".encode() + b"\0"
+        peak, done = 0, threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, sum(_rss_bytes(p) for p in _pids_with(needle)))
+                time.sleep(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [str(bindir / "flwr"), "run", str(REPO), "--stream", "--federation-config",
+             f"num-supernodes={clients} client-resources-num-cpus=1", "--run-config",
+             f"data.dir='{data_dir}' output-dir='{tmp}/runs' num-rounds={rounds}"],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        for pid in _pids_with(needle):  # Flower's detached local SuperLink
+            os.kill(pid, 9)
+        return wall, peak / 2**30, proc.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--data-dir", default=os.environ.get("CERTFL_DATA", "../shared/data"))
+    args = parser.parse_args()
+    data_dir = str(Path(args.data_dir).resolve())
+    base = run_once(20, args.rounds, data_dir)
+    big = run_once(args.clients, args.rounds, data_dir)
+    print(f"{'clients':>8} {'wall s':>8} {'peak RSS GiB':>13} {'rc':>3}")
+    for n, (wall, gib, rc) in ((20, base), (args.clients, big)):
+        print(f"{n:>8} {wall:>8.1f} {gib:>13.2f} {rc:>3}")
+    print(f"peak memory ratio {args.clients} / 20 clients: {big[1] / base[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()
