@@ -45,6 +45,14 @@ def parse_float_list(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
+def _positive_radii(value: Any, allow_empty: bool) -> tuple[float, ...]:
+    """Certification radii from "0.1,0.15": each > 0, at least one unless `allow_empty`."""
+    radii = parse_float_list(value)
+    if (not radii and not allow_empty) or any(r <= 0 for r in radii):
+        raise ValueError("expected one or more radii > 0, e.g. '0.1,0.15'")
+    return radii
+
+
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "npz"]
 PartitionScheme = Literal["iid", "dirichlet", "shards"]
 AggregationRuleName = Literal[
@@ -128,14 +136,69 @@ class EvalConfig(_Section):
     adv_eps: float = Field(-1.0, ge=-1)  # -1 -> train.adv-eps
     adv_steps: int = Field(10, ge=0)
     batch_size: int = Field(500, ge=1)
+    l_crt: tuple[float, ...] = ()  # also certify at these radii ("" -> no certification)
+    n_cert: int = Field(100, ge=1)  # ... on the first n-cert points of the test subset
+
+    @field_validator("l_crt", mode="before")
+    @classmethod
+    def _radii(cls, v: Any) -> tuple[float, ...]:
+        return _positive_radii(v, allow_empty=True)
 
 
 class RolesConfig(_Section):
-    """Simulation only: the seeded share of virtual clients that take each non-benign role."""
+    """The seeded share of virtual clients per non-benign role (simulation), and attack timing."""
 
     malicious_fraction: float = Field(0.0, ge=0, le=1)
     attack: str = ""  # the policy of the malicious share, e.g. "distillation"
     fl_wbc_fraction: float = Field(0.0, ge=0, le=1)
+    attack_start_round: int = Field(1, ge=1)  # before it, malicious clients train benignly
+    attack_end_round: int = Field(0, ge=0)  # after it too; 0 -> no end
+
+
+class AttackConfig(_Section):
+    """Parameters of the malicious policies (attacks/), each with its paper's default."""
+
+    scale_factor: float = Field(100.0, gt=0)  # logit-scaling: factor on the last layer
+
+
+GateMetric = Literal["clean-acc", "pgd-acc", "cert-acc", "cert-loss"]
+
+
+class GateConfig(_Section):
+    """The certification gate (CFAT Sec. 3): measure each candidate model, skip it if it fails.
+
+    Accuracies (clean and PGD on the validation set, certified on the certification set) must
+    reach `acc-ratio` times the last accepted model's; each certified loss may grow to at most
+    (1 + loss-growth) times its reference plus `loss-slack`. Floors apply in every round.
+    """
+
+    enabled: bool = False
+    l_crt: tuple[float, ...] = (0.1,)  # certification radii, e.g. "0.1,0.15"
+    l_adv: float = Field(-1.0, ge=-1)  # PGD radius on the validation set; -1 -> train.adv-eps
+    pgd_steps: int = Field(10, ge=1)
+    pgd_restarts: int = Field(1, ge=1)
+    metrics: tuple[GateMetric, ...] = ("clean-acc", "pgd-acc", "cert-acc", "cert-loss")
+    acc_ratio: float = Field(0.9, gt=0, le=1)
+    loss_growth: float = Field(0.1, ge=0)
+    loss_slack: float = Field(1e-3, ge=0)  # absolute: a reference loss of 0 still allows noise
+    warmup_rounds: int = Field(0, ge=0)  # rounds accepted on the floors alone
+    min_clean_acc: float = Field(0.0, ge=0, le=1)
+    min_pgd_acc: float = Field(0.0, ge=0, le=1)
+    min_cert_acc: float = Field(0.0, ge=0, le=1)
+    method: Literal["zonotope", "interval"] = "zonotope"
+    sound_fp: bool = False  # account for float32 rounding (slower, float64)
+    budget_mb: int = Field(256, ge=1)  # certifier working memory per chunk
+    batch_size: int = Field(500, ge=1)  # PGD validation batch
+
+    @field_validator("l_crt", mode="before")
+    @classmethod
+    def _radii(cls, v: Any) -> tuple[float, ...]:
+        return _positive_radii(v, allow_empty=False)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_list(cls, v: Any) -> Any:
+        return tuple(p.strip() for p in v.split(",") if p.strip()) if isinstance(v, str) else v
 
 
 class RunConfig(_Section):
@@ -152,6 +215,8 @@ class RunConfig(_Section):
     agg: AggregationConfig = AggregationConfig()
     eval: EvalConfig = EvalConfig()
     roles: RolesConfig = RolesConfig()
+    attack: AttackConfig = AttackConfig()
+    gate: GateConfig = GateConfig()
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> RunConfig:
