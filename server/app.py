@@ -6,22 +6,25 @@ server measures the global model, writes the round record and checkpoints, and l
 
 from __future__ import annotations
 
+import hashlib
 import time
 from logging import ERROR, INFO
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from core.config import RunConfig
-from core.data import load_splits
+from core.data import Splits, load_splits
 from core.device import resolve_device
 from core.models import build_model
 from core.params import model_to_record, record_to_state
 from core.seeds import derive_seed
 from server.evaluation import CentralEvaluator, eval_subset
 from server.run_store import RunStore, resolve_run_dir
+from strategies.gate import CandidateMeasurer, CertificationGate
 from strategies.robust import RobustStrategy
 
 app = ServerApp()
@@ -42,7 +45,11 @@ class RoundRecorder:
     """Flower's `evaluate_fn`: measure the global model, record the round, checkpoint, log."""
 
     def __init__(
-        self, cfg: RunConfig, strategy: RobustStrategy, evaluator: CentralEvaluator, store: RunStore
+        self,
+        cfg: RunConfig,
+        strategy: RobustStrategy | CertificationGate,
+        evaluator: CentralEvaluator,
+        store: RunStore,
     ) -> None:
         self.cfg = cfg
         self.strategy = strategy
@@ -60,7 +67,7 @@ class RoundRecorder:
             self.store.save_checkpoint(record_to_state(arrays), server_round, metrics)
         eval_s = time.perf_counter() - start
         self._last_metrics = metrics
-        record = self._record(server_round, metrics, eval_s)
+        record = self._record(server_round, metrics, eval_s) | {"model_sha256": digest(arrays)}
         self.store.append_round(record)
         log(INFO, "%s", round_line(record, self.cfg.num_rounds))
         return MetricRecord({k: float(v) for k, v in metrics.items()})
@@ -70,11 +77,12 @@ class RoundRecorder:
             return {
                 "round": 0, "rule": self.cfg.agg.rule, "sampled": 0, "received": 0,
                 "accepted": 0, "failures": [], "aggregated": True, "skip_reason": "",
-                "timings": {"train_s": 0.0, "aggregate_s": 0.0, "eval_s": eval_s,
-                            "round_s": eval_s},
-                "client": {}, "metrics": metrics,
+                "timings": {"train_s": 0.0, "aggregate_s": 0.0, "gate_s": 0.0,
+                            "eval_s": eval_s, "round_s": eval_s},
+                "client": {}, "metrics": metrics, "gate": None,
             }  # fmt: skip
         r = self.strategy.last_report
+        gate_s = r.gate["seconds"] if r.gate else 0.0
         return {
             "round": server_round,
             "rule": self.cfg.agg.rule,
@@ -87,12 +95,23 @@ class RoundRecorder:
             "timings": {
                 "train_s": r.train_seconds,
                 "aggregate_s": r.aggregate_seconds,
+                "gate_s": gate_s,
                 "eval_s": eval_s,
-                "round_s": r.train_seconds + r.aggregate_seconds + eval_s,
+                "round_s": r.train_seconds + r.aggregate_seconds + gate_s + eval_s,
             },
             "client": r.client_metrics,
             "metrics": metrics,
+            "gate": r.gate,
         }
+
+
+def digest(arrays: ArrayRecord) -> str:
+    """SHA-256 of the model's arrays in key order: equal digests mean bit-identical models."""
+    h = hashlib.sha256()
+    for key, array in arrays.items():
+        h.update(key.encode())
+        h.update(array.numpy().tobytes())
+    return h.hexdigest()
 
 
 def round_line(record: dict, num_rounds: int) -> str:
@@ -114,13 +133,25 @@ def round_line(record: dict, num_rounds: int) -> str:
     )
 
 
+def build_strategy(
+    cfg: RunConfig, initial: ArrayRecord, splits: Splits, device: torch.device
+) -> RobustStrategy | CertificationGate:
+    """The robust strategy, wrapped by the certification gate when `gate.enabled`."""
+    robust = RobustStrategy(cfg, initial)
+    if not cfg.gate.enabled:
+        return robust
+    measurer_model = build_model(cfg.model.name, splits.spec).to(device)
+    measure = CandidateMeasurer(measurer_model, splits.val, splits.cert, cfg, device)
+    return CertificationGate(robust, measure, cfg)
+
+
 def run_server(grid: Grid, cfg: RunConfig) -> Path:
     """Run `cfg.num_rounds` rounds on `grid`; return the run directory."""
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.name, splits.spec, seed=derive_seed(cfg.seed, "init")).to(device)
     initial = model_to_record(model)
-    strategy = RobustStrategy(cfg, initial)
+    strategy = build_strategy(cfg, initial, splits, device)
     store = RunStore(resolve_run_dir(cfg), cfg)
     log(INFO, "[certfl] run directory: %s", store.root)
     evaluator = CentralEvaluator(

@@ -1,4 +1,5 @@
-"""Central evaluation of the global model: clean and PGD accuracy on a fixed test subset."""
+"""Central evaluation of the global model: clean and PGD accuracy on a fixed test subset, and
+optionally its certified accuracy and loss, so that runs without the gate can be compared."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from core.data import ImageSet
 from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
+from strategies.gate import certification_metrics
 
 
 def eval_subset(test: ImageSet, n_test: int, seed: int) -> ImageSet:
@@ -54,4 +56,7 @@ class CentralEvaluator:
 
             adv = evaluate(self.model, self.data, e.batch_size, perturb, device=self.device)
             metrics |= {"pgd_acc": adv.accuracy, "pgd_loss": adv.loss, "adv_eps": self.adv_eps}
+        if e.l_crt:
+            subset = self.data.subset(slice(0, e.n_cert))
+            metrics |= certification_metrics(self.model, subset, e.l_crt, device=self.device)
         return metrics

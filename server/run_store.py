@@ -13,9 +13,15 @@ Round record schema (`ROUND_SCHEMA_VERSION` 1):
     sampled:int, received:int, accepted:int (replies aggregated),
     failures:[{node_id:int, reason:str}], aggregated:bool (a new model came out),
     skip_reason:str ("" when aggregated),
-    timings:{train_s, aggregate_s, eval_s, round_s} (seconds),
+    timings:{train_s, aggregate_s, gate_s, eval_s, round_s} (seconds),
     client:{<metric>: mean over accepted replies, e.g. train-loss, num-examples},
-    metrics:{clean_acc, clean_loss, pgd_acc, pgd_loss, n_test, adv_eps}
+    metrics:{clean_acc, clean_loss, pgd_acc, pgd_loss, n_test, adv_eps, and with eval.l-crt
+        cert_acc@<eps>, cert_loss@<eps>} of the global model after the round (test subset),
+    model_sha256:str, digest of the global model's arrays (equal = bit-identical),
+    gate: null without the certification gate, else {accepted:bool, warmup:bool, seconds,
+        metrics:{clean_acc, pgd_acc, cert_acc@<eps>, cert_loss@<eps>} of the candidate,
+        reference:{same keys} of the last accepted model or null,
+        checks:[{metric, value, reference, bound, criterion, passed}], failed:[str]}
 Checkpoints are `torch.save` dicts: {model:str, state_dict:dict, config:dict (flat), round:int,
 metrics:dict}; `load_checkpoint` reads them back.
 """

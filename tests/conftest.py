@@ -55,3 +55,37 @@ def kill_processes_with_env(key: str, value: str) -> None:
     for pid in processes_with_env(key, value):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def flwr_simulation(tmp_path: Path, run_config: str, supernodes: int, timeout: float = 600):
+    """Run `flwr run` on this app as a real simulation with a private FLWR_HOME and ports.
+
+    Returns the completed process (stdout + stderr in `.stdout`). Flower's detached local
+    SuperLink, and everything it started, is killed afterwards.
+    """
+    import subprocess
+    import sys
+
+    from cli.processes import free_ports
+
+    flwr = Path(sys.executable).parent / "flwr"
+    home = tmp_path / "flwr-home"
+    runtime_port, control_port = free_ports(2)
+    env = {
+        **os.environ,
+        "PATH": f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_RUNTIME_API_PORT": str(runtime_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+    try:
+        return subprocess.run(
+            [str(flwr), "run", str(REPO), "--stream", "--federation-config",
+             f"num-supernodes={supernodes} client-resources-num-cpus=1",
+             "--run-config", run_config],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        )  # fmt: skip
+    finally:
+        kill_processes_with_env("FLWR_HOME", str(home))

@@ -2,51 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from cli.processes import free_ports
 from server.run_store import load_checkpoint, read_rounds
-from tests.conftest import REPO, kill_processes_with_env
+from tests.conftest import flwr_simulation
 
 
 def test_flwr_run_simulation_trains_and_writes_its_run_directory(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    flwr_home = tmp_path / "flwr-home"
-    runtime_port, control_port = free_ports(2)
-    flwr = Path(sys.executable).parent / "flwr"
-    env = {
-        **os.environ,
-        "PATH": f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_LOCAL_RUNTIME_API_PORT": str(runtime_port),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
     overrides = (
         f"data.dir='{data_dir}' output-dir='{tmp_path / 'runs'}' run-name='sim' num-rounds=3 "
         "train.clients-per-round=5 data.max-client-samples=400 train.local-epochs=2 "
         "train.adv-steps=3 train.adv-eps=0.1 eval.n-test=300 eval.adv-steps=5 agg.rule='median'"
     )
-    try:
-        proc = subprocess.run(
-            [str(flwr), "run", str(REPO), "--stream", "--federation-config",
-             "num-supernodes=20 client-resources-num-cpus=1", "--run-config", overrides],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-    finally:
-        kill_processes_with_env("FLWR_HOME", str(flwr_home))  # Flower's detached SuperLink
-    output = proc.stdout + proc.stderr
+    output = flwr_simulation(tmp_path, overrides, supernodes=20).stdout
     run_dir = tmp_path / "runs" / "sim"
     assert (run_dir / "done").is_file(), output[-4000:]
     rounds = read_rounds(run_dir / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     assert all(r["aggregated"] and r["accepted"] == 5 and not r["failures"] for r in rounds[1:])
     assert rounds[-1]["metrics"]["clean_acc"] > rounds[0]["metrics"]["clean_acc"] + 0.3
+    assert len({r["model_sha256"] for r in rounds}) == 4
     assert "[certfl] round   3/3" in output
     assert (run_dir / "metrics.png").stat().st_size > 0
     final = load_checkpoint(run_dir / "final.pt")
