@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -19,18 +18,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-
-def _pids_with(needle: bytes) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes() + b"\0":
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+from cli.processes import processes_with_env  # noqa: E402
+from cli.simulation import run_simulation  # noqa: E402
 
 
 def _rss_bytes(pid: int) -> int:
@@ -45,43 +36,25 @@ def _rss_bytes(pid: int) -> int:
 
 def run_once(clients: int, rounds: int, data_dir: str) -> tuple[float, float, int]:
     """(wall seconds, peak summed RSS in GiB, return code) of one simulation."""
-    from cli.processes import free_ports
-
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "flwr-home"
-        runtime, control = free_ports(2)
-        bindir = Path(sys.executable).parent
-        env = {
-            **os.environ,
-            "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-            "FLWR_HOME": str(home),
-            "FLWR_LOCAL_RUNTIME_API_PORT": str(runtime),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(control),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        }
-        needle = f"FLWR_HOME={home}".encode() + b"\0"
         peak, done = 0, threading.Event()
 
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, sum(_rss_bytes(p) for p in _pids_with(needle)))
+                pids = processes_with_env("FLWR_HOME", str(home))
+                peak = max(peak, sum(_rss_bytes(p) for p in pids))
                 time.sleep(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start = time.perf_counter()
-        proc = subprocess.run(
-            [str(bindir / "flwr"), "run", str(REPO), "--stream", "--federation-config",
-             f"num-supernodes={clients} client-resources-num-cpus=1", "--run-config",
-             f"data.dir='{data_dir}' output-dir='{tmp}/runs' num-rounds={rounds}"],
-            env=env, capture_output=True, text=True,
-        )  # fmt: skip
+        config = f"data.dir='{data_dir}' output-dir='{tmp}/runs' num-rounds={rounds}"
+        proc = run_simulation(REPO, config, clients, home)
         wall = time.perf_counter() - start
         done.set()
         sampler.join()
-        for pid in _pids_with(needle):  # Flower's detached local SuperLink
-            os.kill(pid, 9)
         return wall, peak / 2**30, proc.returncode
 
 
@@ -101,5 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

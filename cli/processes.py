@@ -147,3 +147,21 @@ def _alive(pid: int) -> bool:
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """Pids of live processes whose environment holds `key=value` (children inherit it)."""
+    needle = f"{key}={value}".encode() + b"\0"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes() + b"\0" and _alive(int(entry.name)):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def kill_processes_with_env(key: str, value: str) -> None:
+    """SIGKILL every live process whose environment holds `key=value`."""
+    for pid in processes_with_env(key, value):
+        _signal(pid, signal.SIGKILL)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.processes import kill_processes_with_env, processes_with_env
 from server.run_store import read_rounds
-from tests.conftest import REPO, kill_processes_with_env, processes_with_env
+from tests.conftest import REPO
 
 
 def test_launch_runs_two_rounds_over_grpc_and_stops_every_process(
