@@ -24,7 +24,7 @@ def test_launch_runs_two_rounds_over_grpc_and_stops_every_process(
     work_home = str(out / ".grpc.launch" / "flwr-home")
     overrides = (
         "num-rounds=2 train.clients-per-round=4 data.max-client-samples=100 train.adv-steps=2 "
-        "eval.n-test=200 eval.adv-steps=3"
+        "eval.n-test=200 eval.adv-steps=3 gate.enabled=false"
     )
     try:
         proc = subprocess.run(
@@ -53,7 +53,8 @@ def test_interrupt_stops_every_process(tmp_path: Path, data_dir: Path) -> None:
     work_home = str(out / ".intr.launch" / "flwr-home")
     proc = subprocess.Popen(
         [certfl, "launch", str(REPO), "--supernodes", "2", "--output-dir", str(out),
-         "--run-name", "intr", "--data-dir", str(data_dir), "--run-config", "num-rounds=50"],
+         "--run-name", "intr", "--data-dir", str(data_dir),
+         "--run-config", "num-rounds=50 gate.enabled=false"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

@@ -14,7 +14,8 @@ def test_flwr_run_simulation_trains_and_writes_its_run_directory(
     overrides = (
         f"data.dir='{data_dir}' output-dir='{tmp_path / 'runs'}' run-name='sim' num-rounds=3 "
         "train.clients-per-round=5 data.max-client-samples=400 train.local-epochs=2 "
-        "train.adv-steps=3 train.adv-eps=0.1 eval.n-test=300 eval.adv-steps=5 agg.rule='median'"
+        "train.adv-steps=3 train.adv-eps=0.1 eval.n-test=300 eval.adv-steps=5 agg.rule='median' "
+        "roles.malicious-fraction=0.0 gate.enabled=false"
     )
     output = flwr_simulation(tmp_path, overrides, supernodes=20).stdout
     run_dir = tmp_path / "runs" / "sim"

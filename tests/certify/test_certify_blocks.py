@@ -1,0 +1,74 @@
+"""Each structured generator block agrees with its plain dense expansion, operation by operation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from certify.blocks import Dense, Patches, Sparse
+
+CONVS = [  # (out channels, kernel, stride, padding, groups) on 4 input channels
+    (3, (3, 3), (1, 1), (0, 0), 1),
+    (2, (3, 2), (2, 1), (1, 0), 1),
+    (4, (2, 2), (2, 2), (1, 1), 4),
+    (4, (3, 3), (1, 1), (1, 1), 2),
+]
+
+
+def _sparse(gen: torch.Generator, density: float = 0.1) -> Sparse:
+    x = torch.randn(3, 4, 7, 6, generator=gen, dtype=torch.float64)
+    x = x * (torch.rand(x.shape, generator=gen) < density)  # the crossing neurons
+    x[2] = 0.0  # a sample with none: only padding
+    return Sparse.nonzeros(x)
+
+
+def _patches(gen: torch.Generator, depthwise: bool) -> Patches:
+    base = Patches.diagonal(torch.rand(3, 4, 9, 8, generator=gen, dtype=torch.float64))
+    weight = torch.randn(4, 1 if depthwise else 4, 2, 2, generator=gen, dtype=torch.float64)
+    return base.conv(weight, (1, 1), (0, 0), 4 if depthwise else 1)
+
+
+def _close(a: Dense, b: Dense) -> bool:
+    """Same zonotope: equal support functions sum_g |v . g| in random directions v (zero or
+    reordered generators do not count, so a sparse and a window block can be compared)."""
+    ga, gb = (d.values().reshape(*d.coef.shape[:2], -1) for d in (a, b))
+    v = torch.randn(ga.shape[-1], 16, generator=torch.Generator().manual_seed(9), dtype=ga.dtype)
+    return torch.allclose((ga @ v).abs().sum(1), (gb @ v).abs().sum(1), atol=1e-10)
+
+
+@pytest.mark.parametrize("conv", CONVS)
+@pytest.mark.parametrize("kind", ["sparse", "many sparse", "patches", "depthwise patches"])
+def test_conv_matches_dense(kind: str, conv: tuple) -> None:
+    """("many sparse": enough symbols that the sparse block switches to window patches.)"""
+    gen = torch.Generator().manual_seed(0)
+    if "sparse" in kind:
+        block = _sparse(gen, 0.9 if kind == "many sparse" else 0.1)
+    else:
+        block = _patches(gen, kind == "depthwise patches")
+    o, k, stride, padding, groups = conv
+    weight = torch.randn(o, 4 // groups, *k, generator=gen, dtype=torch.float64)
+    got = block.conv(weight, stride, padding, groups).dense()
+    want = block.dense().conv(weight, stride, padding, groups)
+    assert _close(got, want)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "patches", "depthwise patches"])
+def test_linear_radius_and_scale_match_dense(kind: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    block = _sparse(gen) if kind == "sparse" else _patches(gen, kind == "depthwise patches")
+    dense = block.dense()
+    n = dense.coef[0, 0].numel()
+    weight = torch.randn(5, n, generator=gen, dtype=torch.float64)
+    assert _close(block.linear(weight), dense.linear(weight))
+    assert torch.allclose(block.radius(), dense.radius())
+    s = torch.randn(3, *block.shape, generator=gen, dtype=torch.float64)
+    assert _close(block.scale(s).dense(), dense.scale(s))
+    assert _close(dense.scale(s).linear(weight), Dense(dense.scale(s).values()).linear(weight))
+
+
+def test_sparse_lists_exactly_the_nonzero_neurons() -> None:
+    x = torch.zeros(2, 5)
+    x[0, 1], x[0, 3], x[1, 4] = 2.0, -1.0, 3.0
+    block = Sparse.nonzeros(x)
+    assert block.value.shape == (2, 2)
+    assert torch.equal(block.dense().coef.sum(1), x)
