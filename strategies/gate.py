@@ -28,7 +28,7 @@ from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
 from strategies.gate_rule import Decision, decide
-from strategies.robust import RobustStrategy
+from strategies.robust import RobustStrategy, RoundReport
 
 
 @dataclass
@@ -113,7 +113,8 @@ class CertificationGate(Strategy):
         self.reference: dict[str, float] | None = None
 
     @property
-    def last_report(self):  # noqa: ANN201 - the inner strategy's RoundReport
+    def last_report(self) -> RoundReport:
+        """The inner strategy's report of the current round, with the gate's decision in it."""
         return self.inner.last_report
 
     def summary(self) -> None:
