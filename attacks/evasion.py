@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data import ImageSet
+from core.training import EvalResult, evaluate
+
 
 @dataclass(frozen=True)
 class PGDConfig:
@@ -97,3 +100,17 @@ def pgd(
         for p, r in zip(model.parameters(), requires, strict=True):
             p.requires_grad_(r)
     return best
+
+
+def pgd_evaluate(
+    model: nn.Module,
+    data: ImageSet,
+    cfg: PGDConfig,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> EvalResult:
+    """Accuracy and loss of `model` on PGD points of `data` (robust accuracy at `cfg.eps`)."""
+    return evaluate(
+        model, data, batch_size, lambda m, x, y: pgd(m, x, y, cfg, generator), device=device
+    )

@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from attacks.evasion import PGDConfig, pgd
+from attacks.evasion import PGDConfig, pgd_evaluate
 from core.config import RunConfig
 from core.data import ImageSet
 from core.params import load_record
@@ -50,11 +50,7 @@ class CentralEvaluator:
         if e.adv_steps > 0 and self.adv_eps > 0:
             generator = torch_generator(self.cfg.seed, "eval-pgd", server_round)
             attack = PGDConfig(eps=self.adv_eps, steps=e.adv_steps)
-
-            def perturb(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return pgd(m, x, y, attack, generator)
-
-            adv = evaluate(self.model, self.data, e.batch_size, perturb, device=self.device)
+            adv = pgd_evaluate(self.model, self.data, attack, e.batch_size, generator, self.device)
             metrics |= {"pgd_acc": adv.accuracy, "pgd_loss": adv.loss, "adv_eps": self.adv_eps}
         if e.l_crt:
             subset = self.data.subset(slice(0, e.n_cert))

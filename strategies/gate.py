@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 from torch import nn
 
-from attacks.evasion import PGDConfig, pgd
+from attacks.evasion import PGDConfig, pgd_evaluate
 from certify import certify_dataset
 from core.config import RunConfig
 from core.data import ImageSet
@@ -53,10 +53,7 @@ class CandidateMeasurer:
         clean = evaluate(self.model, self.val, g.batch_size, device=self.device)
         attack = PGDConfig(eps=self.l_adv, steps=g.pgd_steps, restarts=g.pgd_restarts)
         generator = torch_generator(self.cfg.seed, "gate-pgd", server_round)
-        adv = evaluate(
-            self.model, self.val, g.batch_size,
-            lambda m, x, y: pgd(m, x, y, attack, generator), device=self.device,
-        )  # fmt: skip
+        adv = pgd_evaluate(self.model, self.val, attack, g.batch_size, generator, self.device)
         metrics = {"clean_acc": clean.accuracy, "pgd_acc": adv.accuracy}
         metrics |= certification_metrics(
             self.model, self.cert, g.l_crt, g.method, g.budget_mb, g.sound_fp, self.device
