@@ -38,7 +38,8 @@ def main() -> None:
         config = (
             f"data.dir='{Path(args.data_dir).resolve()}' output-dir='{tmp}/runs' run-name='b' "
             f"num-rounds={args.rounds} data.n-cert={args.n_cert} data.n-val={args.n_val} "
-            f"gate.enabled=true gate.warmup-rounds={args.warmup} {args.extra}"
+            f"gate.enabled=true gate.warmup-rounds={args.warmup} roles.malicious-fraction=0.0 "
+            f"{args.extra}"
         )
         proc = run_simulation(REPO, config, args.clients, Path(tmp) / "flwr-home")
         path = Path(tmp) / "runs" / "b" / "rounds.jsonl"
