@@ -31,10 +31,15 @@ def register(name: str) -> Callable[[Policy], Policy]:
     return add
 
 
-def policy(name: str) -> Policy:
-    """The policy registered as `name`; ConfigError listing the known ones otherwise."""
+def known_policies() -> list[str]:
+    """The names of every registered policy, sorted."""
     for module in _MODULES:
         importlib.import_module(module)
-    if name not in POLICIES:
+    return sorted(POLICIES)
+
+
+def policy(name: str) -> Policy:
+    """The policy registered as `name`; ConfigError listing the known ones otherwise."""
+    if name not in known_policies():
         raise ConfigError(f"unknown attack policy {name!r}; known: {', '.join(sorted(POLICIES))}")
     return POLICIES[name]

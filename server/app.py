@@ -16,7 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from core.config import RunConfig
+from attacks.registry import known_policies
+from core.config import ConfigError, RunConfig
 from core.data import Splits, load_splits
 from core.device import resolve_device
 from core.models import build_model
@@ -145,8 +146,18 @@ def build_strategy(
     return CertificationGate(robust, measure, cfg)
 
 
+def check_attack_policy(cfg: RunConfig) -> None:
+    """Fail at start, naming the key, when `roles.attack` names no registered policy."""
+    if cfg.roles.attack and cfg.roles.attack not in known_policies():
+        raise ConfigError(
+            f"run config key 'roles.attack' = {cfg.roles.attack!r}: unknown policy; "
+            f"allowed: {', '.join(known_policies())}"
+        )
+
+
 def run_server(grid: Grid, cfg: RunConfig) -> Path:
     """Run `cfg.num_rounds` rounds on `grid`; return the run directory."""
+    check_attack_policy(cfg)
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.name, splits.spec, seed=derive_seed(cfg.seed, "init")).to(device)
