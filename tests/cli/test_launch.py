@@ -21,6 +21,7 @@ from server.run_store import read_rounds
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_launch_runs_colluders_over_grpc_and_stops_every_process(
     tmp_path: Path, data_dir: Path
 ) -> None:
@@ -62,6 +63,7 @@ def test_launch_runs_colluders_over_grpc_and_stops_every_process(
     assert all("pgd_t_acc" in r["metrics"] for r in rounds)
 
 
+@pytest.mark.slow
 def test_interrupt_stops_every_process(tmp_path: Path, data_dir: Path) -> None:
     certfl = str(Path(sys.executable).parent / "certfl")
     out = tmp_path / "runs"

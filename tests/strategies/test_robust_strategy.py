@@ -5,41 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Error,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord
 
 from core.config import ConfigError, RunConfig
-from core.models import InputSpec, build_model
-from core.params import Layout, flatten_record, model_to_record, record_to_numpy
+from core.params import Layout, flatten_record, record_to_numpy
 from strategies.robust import RobustStrategy, client_weights
-
-SPEC = InputSpec(1, 4, 4, 3, (0.5,), (0.25,))
-
-
-def _template() -> ArrayRecord:
-    return model_to_record(build_model("mlp", SPEC, seed=0))
+from tests.conftest import tiny_template as _template
+from tests.conftest import train_reply as _reply
 
 
 def _strategy(**flat: object) -> RobustStrategy:
     cfg = RunConfig.from_flat({"train.clients-per-round": 5, **flat})
     return RobustStrategy(cfg, _template())
-
-
-def _reply(node: int, arrays: dict[str, np.ndarray] | None, n: object = 10) -> Message:
-    """A reply from `node` carrying `arrays` (None: an error reply) and `num-examples` = n."""
-    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train")
-    if arrays is None:
-        return Message(Error(code=0, reason="client crashed"), reply_to=sent)
-    metrics = MetricRecord({"num-examples": n}) if n is not None else MetricRecord({"loss": 1.0})
-    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=sent)
 
 
 def _shifted(template: ArrayRecord, delta: float) -> dict[str, np.ndarray]:
