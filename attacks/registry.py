@@ -13,13 +13,11 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, MetricRecord
-
 from attacks.collusion import Coalition
 from core.config import ConfigError
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 
-PolicyFn = Callable[[LocalJob, Coalition], tuple[ArrayRecord, MetricRecord]]
+PolicyFn = Callable[[LocalJob, Coalition], LocalResult]
 
 
 @dataclass(frozen=True)

@@ -3,22 +3,24 @@
 The role comes from `core.roles.resolve_role` (node config in deployment, a seeded assignment of
 partition ids in simulation). A malicious client (client/malicious.py) attacks only inside
 the rounds [`roles.attack-start-round`, `roles.attack-end-round`], and only when enough of its
-colluders share the round; otherwise it trains benignly. The reply holds one ArrayRecord (the
-full state_dict) and one MetricRecord with `num-examples`.
+colluders share the round; otherwise it trains benignly. Every role returns a `LocalResult`
+(state dict and metrics); only here does it become Flower records: one ArrayRecord (the full
+state_dict) and one MetricRecord with `num-examples`.
 """
 
 from __future__ import annotations
 
 import functools
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.fl_wbc import fl_wbc_update
 from client.local import benign_update, limit_threads
 from client.malicious import malicious_update
 from core.config import NodeConfig, RunConfig
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
+from core.params import state_to_record
 from core.roles import BENIGN, FL_WBC, attack_name, resolve_role
 
 app = ClientApp()
@@ -30,7 +32,7 @@ def _run_config(items: tuple) -> RunConfig:
     return RunConfig.from_flat(dict(items))
 
 
-def local_update(role: str, job: LocalJob, run_id: int) -> tuple[ArrayRecord, MetricRecord]:
+def local_update(role: str, job: LocalJob, run_id: int) -> LocalResult:
     """The reply of a client of `role` in this round."""
     name = attack_name(role)
     if name is not None:
@@ -55,5 +57,6 @@ def train(msg: Message, context: Context) -> Message:
         global_arrays=next(iter(msg.content.array_records.values())),
         server_round=int(msg.content["config"]["server-round"]),
     )
-    arrays, metrics = local_update(role, job, context.run_id)
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    result = local_update(role, job, context.run_id)
+    content = {"arrays": state_to_record(result.state), "metrics": MetricRecord(result.metrics)}
+    return Message(RecordDict(content), reply_to=msg)

@@ -32,7 +32,6 @@ from attacks.registry import policy
 from attacks.updates import global_vector
 from client.local import benign_update
 from core.config import ConfigError, RunConfig
-from core.params import model_to_record
 
 COLLUDERS = [0, 1]
 BENIGN = [2, 3, 4]  # clients-per-round = 5
@@ -50,7 +49,7 @@ def _updates(
 
     def collude(me: int, c: Coalition) -> torch.Tensor:
         job = make_job(cfg, me, arrays, server_round)
-        return update(job, policy(name).run(job, c)[0])
+        return update(job, policy(name).run(job, c))
 
     return run_colluders(root, members, collude, server_round)
 
@@ -58,7 +57,7 @@ def _updates(
 def _near_converged(arrays: ArrayRecord) -> list[torch.Tensor]:
     """The benign clients' updates: Madry training with a tiny step, updates close to zero."""
     calm = config(train__lr=5e-5)
-    return [update(make_job(calm, p, arrays), benign_update(make_job(calm, p, arrays))[0])
+    return [update(make_job(calm, p, arrays), benign_update(make_job(calm, p, arrays)))
             for p in BENIGN]  # fmt: skip
 
 
@@ -100,7 +99,7 @@ def test_aru_extract_blends_in_for_e_rounds_then_replaces(data_dir: Path, tmp_pa
             job = make_job(cfg, me, arrays, server_round)
             model = job.global_model()
             benign_train(job, model)
-            assert torch.equal(u, update(job, model_to_record(model)))
+            assert torch.equal(u, update(job, job.reply(model)))
     third = _updates(tmp_path, cfg, "aru-extract", 3, arrays)
     assert torch.equal(third[0], third[1])
     stashed = run_colluders(tmp_path, [7], lambda me, c: c.recall("aru-extract"), 4)[7]

@@ -51,7 +51,7 @@ def _job(pid: int, **flat: object) -> LocalJob:
 @functools.cache
 def _honest() -> tuple[torch.Tensor, ...]:
     """The seven honest clients' updates (plain SGD from the global model)."""
-    return tuple(update(_job(p), benign_update(_job(p))[0]) for p in HONEST)
+    return tuple(update(_job(p), benign_update(_job(p))) for p in HONEST)
 
 
 def _own_update(pid: int) -> torch.Tensor:
@@ -66,7 +66,7 @@ def _attack(root: Path, name: str, **flat: object) -> list[torch.Tensor]:
     """The three colluders' updates under policy `name` (alone or as one coalition)."""
 
     def run(me: int, c: Coalition) -> torch.Tensor:
-        return update(_job(me, **flat), policy(name).run(_job(me, **flat), c)[0])
+        return update(_job(me, **flat), policy(name).run(_job(me, **flat), c))
 
     if policy(name).coalition:
         return list(run_colluders(root, COLLUDERS, run).values())
