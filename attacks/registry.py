@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from attacks.collusion import Coalition
 from core.config import ConfigError
 from core.job import LocalJob
+from core.roles import ATTACK_PREFIX, BENIGN, FL_WBC, attack_name, validate_role
 
 PolicyFn = Callable[[LocalJob, Coalition], tuple[ArrayRecord, MetricRecord]]
 
@@ -70,3 +71,24 @@ def policy(name: str) -> Policy:
     if name not in known_policies():
         raise ConfigError(f"unknown attack policy {name!r}; known: {', '.join(sorted(POLICIES))}")
     return POLICIES[name]
+
+
+def allowed_roles() -> str:
+    """The roles a node may have, in words: benign, fl-wbc, attack:<each registered policy>."""
+    return ", ".join([BENIGN, FL_WBC] + [ATTACK_PREFIX + name for name in known_policies()])
+
+
+def check_role(role: str, where: str = "node config key 'role'") -> str:
+    """`role` if it names a known role and, for `attack:<policy>`, a registered policy; else a
+    ConfigError naming `where`, the role and every allowed one."""
+    try:
+        validate_role(role)
+    except ConfigError:
+        raise ConfigError(f"{where} = {role!r}: unknown role; allowed: {allowed_roles()}") from None
+    name = attack_name(role)
+    if name is not None and name not in known_policies():
+        raise ConfigError(
+            f"{where} = {role!r}: no attack policy {name!r} is registered; "
+            f"allowed: {allowed_roles()}"
+        )
+    return role

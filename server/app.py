@@ -1,7 +1,7 @@
 """The ServerApp: one validated config -> data, model, robust strategy, evaluation, run store.
 
-Flower's `Strategy.start` drives the rounds; after each round its `evaluate_fn` hook is where the
-server measures the global model, writes the round record and checkpoints, and logs one line.
+certfl's round loop (server/rounds.py) drives the rounds; after each one `RoundRecorder`
+measures the global model, writes the round record and checkpoints, and logs one line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from logging import ERROR, INFO
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
@@ -25,10 +25,11 @@ from core.models import build_model
 from core.params import model_to_record, record_to_state
 from core.seeds import derive_seed
 from server.evaluation import CentralEvaluator, eval_subset
+from server.rounds import RoundLimits, run_rounds
 from server.run_store import RunStore, resolve_run_dir
 from strategies.crfl import CRFLStrategy
 from strategies.gate import CandidateMeasurer, CertificationGate
-from strategies.robust import RobustStrategy
+from strategies.robust import RobustStrategy, RoundReport, required_nodes
 
 app = ServerApp()
 
@@ -45,24 +46,17 @@ def main(grid: Grid, context: Context) -> None:
 
 
 class RoundRecorder:
-    """Flower's `evaluate_fn`: measure the global model, record the round, checkpoint, log."""
+    """After each round: measure the global model, record the round, checkpoint, log a line."""
 
-    def __init__(
-        self,
-        cfg: RunConfig,
-        strategy: RobustStrategy | CertificationGate,
-        evaluator: CentralEvaluator,
-        store: RunStore,
-    ) -> None:
+    def __init__(self, cfg: RunConfig, evaluator: CentralEvaluator, store: RunStore) -> None:
         self.cfg = cfg
-        self.strategy = strategy
         self.evaluator = evaluator
         self.store = store
         self._last_metrics: dict[str, float] = {}
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def __call__(self, server_round: int, arrays: ArrayRecord, report: RoundReport) -> None:
+        """Record round `server_round` (0: the initial model), whose global model is `arrays`."""
         start = time.perf_counter()
-        report = self.strategy.last_report
         if server_round > 0 and not report.aggregated:
             metrics = self._last_metrics  # the global model is unchanged: no need to measure
         else:
@@ -70,42 +64,40 @@ class RoundRecorder:
             self.store.save_checkpoint(record_to_state(arrays), server_round, metrics)
         eval_s = time.perf_counter() - start
         self._last_metrics = metrics
-        record = self._record(server_round, metrics, eval_s) | {"model_sha256": digest(arrays)}
+        record = round_record(self.cfg, report, metrics, eval_s) | {"model_sha256": digest(arrays)}
         self.store.append_round(record)
         log(INFO, "%s", round_line(record, self.cfg.num_rounds))
-        return MetricRecord({k: float(v) for k, v in metrics.items()})
 
-    def _record(self, server_round: int, metrics: dict[str, float], eval_s: float) -> dict:
-        if server_round == 0:
-            return {
-                "round": 0, "rule": self.cfg.agg.rule, "sampled": 0, "received": 0,
-                "accepted": 0, "failures": [], "aggregated": True, "skip_reason": "",
-                "timings": {"train_s": 0.0, "aggregate_s": 0.0, "gate_s": 0.0,
-                            "eval_s": eval_s, "round_s": eval_s},
-                "client": {}, "metrics": metrics, "gate": None,
-            }  # fmt: skip
-        r = self.strategy.last_report
-        gate_s = r.gate["seconds"] if r.gate else 0.0
-        return {
-            "round": server_round,
-            "rule": self.cfg.agg.rule,
-            "sampled": r.sampled,
-            "received": r.received,
-            "accepted": r.received - len(r.failures),
-            "failures": r.failures,
-            "aggregated": r.aggregated,
-            "skip_reason": r.skip_reason,
-            "timings": {
-                "train_s": r.train_seconds,
-                "aggregate_s": r.aggregate_seconds,
-                "gate_s": gate_s,
-                "eval_s": eval_s,
-                "round_s": r.train_seconds + r.aggregate_seconds + gate_s + eval_s,
-            },
-            "client": r.client_metrics,
-            "metrics": metrics,
-            "gate": r.gate,
-        }
+
+def round_record(
+    cfg: RunConfig, report: RoundReport, metrics: dict[str, float], eval_s: float
+) -> dict:
+    """The round's record (schema in server/run_store.py) without the model digest."""
+    r = report
+    gate_s = r.gate["seconds"] if r.gate else 0.0
+    initial = r.round == 0
+    return {
+        "round": r.round,
+        "rule": cfg.agg.rule,
+        "sampled": r.sampled,
+        "nodes": r.nodes,
+        "received": r.received,
+        "accepted": r.accepted,
+        "failures": r.failures,
+        "aggregated": initial or r.aggregated,
+        "skip_reason": r.skip_reason,
+        "timings": {
+            "wait_s": r.wait_seconds,
+            "train_s": r.train_seconds,
+            "aggregate_s": r.aggregate_seconds,
+            "gate_s": gate_s,
+            "eval_s": eval_s,
+            "round_s": r.wait_seconds + r.train_seconds + r.aggregate_seconds + gate_s + eval_s,
+        },
+        "client": r.client_metrics,
+        "metrics": metrics,
+        "gate": r.gate,
+    }
 
 
 def digest(arrays: ArrayRecord) -> str:
@@ -176,15 +168,14 @@ def run_server(grid: Grid, cfg: RunConfig, run_id: int) -> Path:
     evaluator = CentralEvaluator(
         model, eval_subset(splits.test, cfg.eval.n_test, cfg.seed), cfg, device
     )
+    limits = RoundLimits(required_nodes(cfg), cfg.train.min_nodes_timeout, cfg.train.round_timeout)
+    record = RoundRecorder(cfg, evaluator, store)
+    log(INFO, "Starting %s strategy:", type(strategy).__name__)
+    strategy.summary()
     try:
-        strategy.start(
-            grid,
-            initial,
-            num_rounds=cfg.num_rounds,
-            timeout=cfg.train.round_timeout,
-            train_config=ConfigRecord(),
-            evaluate_fn=RoundRecorder(cfg, strategy, evaluator, store),
-        )
+        record(0, initial, RoundReport(round=0))
+        run_rounds(grid, strategy, initial, range(1, cfg.num_rounds + 1), limits, record)
+        store.finish()
     finally:
         store.save_ground_truth(read_ledger(channel_root(cfg, run_id)))
         store.close()

@@ -12,12 +12,15 @@ Layout of `<output-dir>/<run-name>/`:
                     coalition:[partition ids], error}
     done            written last; holds the wall time of the run
 
-Round record schema (`ROUND_SCHEMA_VERSION` 1):
+Round record schema (`ROUND_SCHEMA_VERSION` 2):
     round:int, time:str (UTC ISO 8601), rule:str,
-    sampled:int, received:int, accepted:int (replies aggregated),
-    failures:[{node_id:int, reason:str}], aggregated:bool (a new model came out),
-    skip_reason:str ("" when aggregated),
-    timings:{train_s, aggregate_s, gate_s, eval_s, round_s} (seconds),
+    sampled:int, nodes:[int] (the node ids sampled), received:int (replies that came from their
+    node), accepted:int (replies aggregated),
+    failures:[{node_id:int, reason:str}] (invalid replies, client errors, and lost nodes: "node
+        lost (its heartbeat expired)" or "no reply within the round deadline"),
+    aggregated:bool (a new model came out), skip_reason:str ("" when aggregated; e.g. too few
+        nodes connected, too few valid replies, the gate),
+    timings:{wait_s (for train.min-nodes), train_s, aggregate_s, gate_s, eval_s, round_s} (s),
     client:{<metric>: mean over accepted replies, e.g. train-loss, num-examples},
     metrics:{clean_acc, clean_loss, pgd_acc, pgd_loss, n_test, adv_eps, and with eval.l-crt
         cert_acc@<eps>, cert_loss@<eps>, and the THREAT_METRICS of server/threat_metrics.py,
@@ -34,18 +37,19 @@ metrics:dict}; `load_checkpoint` reads them back.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from core.config import RunConfig
 
-ROUND_SCHEMA_VERSION = 1
+ROUND_SCHEMA_VERSION = 2
 
 
 def resolve_run_dir(cfg: RunConfig) -> Path:
@@ -63,7 +67,9 @@ class RunStore:
         self.cfg = cfg
         self.started = time.perf_counter()
         self._best = float("-inf")
-        (root / "config.json").write_text(json.dumps(cfg.to_flat(), indent=2, sort_keys=True))
+        _atomic_write_text(
+            root / "config.json", json.dumps(cfg.to_flat(), indent=2, sort_keys=True)
+        )
         self._rounds = (root / "rounds.jsonl").open("a", encoding="utf-8")
 
     def append_round(self, record: Mapping[str, Any]) -> None:
@@ -93,13 +99,17 @@ class RunStore:
         """Write the colluders' ledger as ground_truth.jsonl (nothing when there is none)."""
         if ledger:
             lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in ledger)
-            (self.root / "ground_truth.jsonl").write_text(lines, encoding="utf-8")
+            _atomic_write_text(self.root / "ground_truth.jsonl", lines)
+
+    def finish(self) -> None:
+        """Plot the metrics and mark the run complete (only a finished run gets `done`)."""
+        self._rounds.flush()
+        plot_rounds(self.root / "rounds.jsonl", self.root / "metrics.png")
+        _atomic_write_text(self.root / "done", f"{time.perf_counter() - self.started:.1f}\n")
 
     def close(self) -> None:
-        """Plot the metrics and mark the run complete."""
+        """Close the round log (the run may be unfinished: a resumed run continues it)."""
         self._rounds.close()
-        plot_rounds(self.root / "rounds.jsonl", self.root / "metrics.png")
-        (self.root / "done").write_text(f"{time.perf_counter() - self.started:.1f}\n")
 
 
 def read_rounds(path: Path) -> list[dict[str, Any]]:
@@ -139,9 +149,29 @@ def plot_rounds(rounds_path: Path, out: Path) -> None:
 
 
 def _atomic_save(payload: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    """torch.save `payload` to `path` atomically (see `_atomic_write`)."""
+    _atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (see `_atomic_write`)."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` into a temporary file beside `path`, flush it to disk, rename it over `path`:
+    whenever the process is killed, `path` holds the old content or the new, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself reaches the disk
+    finally:
+        os.close(dir_fd)
 
 
 def _jsonable(value: Any) -> Any:
