@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from flwr.app import ArrayRecord, MetricRecord
 
 from attacks.collusion import Coalition
-from core.config import ConfigError
+from core.config import ConfigError, RunConfig
 from core.job import LocalJob
 from core.roles import ATTACK_PREFIX, BENIGN, FL_WBC, attack_name, validate_role
 
@@ -92,3 +92,12 @@ def check_role(role: str, where: str = "node config key 'role'") -> str:
             f"allowed: {allowed_roles()}"
         )
     return role
+
+
+def check_run_roles(cfg: RunConfig) -> None:
+    """ConfigError naming the key when `roles.attack` names no registered policy."""
+    if cfg.roles.attack and cfg.roles.attack not in known_policies():
+        raise ConfigError(
+            f"run config key 'roles.attack' = {cfg.roles.attack!r}: unknown policy; "
+            f"allowed: {', '.join(known_policies())}"
+        )

@@ -21,7 +21,7 @@ from typing import Any
 
 from flwr.common.config import flatten_dict, parse_config_args
 
-from attacks.registry import known_policies
+from attacks.registry import check_run_roles
 from core.config import ConfigError, RunConfig
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -81,11 +81,7 @@ def resolve(app: Path, flat_overrides: Mapping[str, Any]) -> RunConfig:
     """The run config the ServerApp will see: `app`'s defaults with the overrides, validated
     (ConfigError naming the key, the value and what is allowed), including `roles.attack`."""
     cfg = RunConfig.from_flat({**app_defaults(app), **flat_overrides})
-    if cfg.roles.attack and cfg.roles.attack not in known_policies():
-        raise ConfigError(
-            f"run config key 'roles.attack' = {cfg.roles.attack!r}: unknown policy; "
-            f"allowed: {', '.join(known_policies())}"
-        )
+    check_run_roles(cfg)
     return cfg
 
 

@@ -7,10 +7,14 @@ Layout of `<output-dir>/<run-name>/`:
     best.pt         the global model with the highest central PGD accuracy so far
     metrics.png     central clean and PGD accuracy per round
     ground_truth.jsonl  the colluders' own record of who attacked in which round, copied from
-                    their channel after the last round when it is reachable (evaluation only:
+                    their channel after every round when it is reachable (evaluation only:
                     the strategy never reads it); lines {round, partition_id, policy, attacked,
                     coalition:[partition ids], error}
-    done            written last; holds the wall time of the run
+    resume.pt       the resume point after the last round recorded (server/checkpoint.py)
+    done            written last, only when every round was played; the run's wall time
+Every file but rounds.jsonl is replaced atomically (temporary file, fsync, rename), so a process
+killed at any moment leaves the old version or the new one; rounds.jsonl is appended line by
+line, and a resumed run rewrites it from its resume point (`RunStore.resume`).
 
 Round record schema (`ROUND_SCHEMA_VERSION` 2):
     round:int, time:str (UTC ISO 8601), rule:str,
@@ -48,6 +52,7 @@ from typing import Any, BinaryIO
 import torch
 
 from core.config import RunConfig
+from server.checkpoint import RESUME_FILE, ResumePoint
 
 ROUND_SCHEMA_VERSION = 2
 
@@ -61,22 +66,43 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
 class RunStore:
     """Writes one run directory; every write is flushed so a crash loses at most one record."""
 
-    def __init__(self, root: Path, cfg: RunConfig) -> None:
+    def __init__(self, root: Path, cfg: RunConfig, best_score: float = float("-inf")) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.cfg = cfg
         self.started = time.perf_counter()
-        self._best = float("-inf")
+        self.best_score = best_score  # the highest central PGD accuracy so far (best.pt)
         _atomic_write_text(
             root / "config.json", json.dumps(cfg.to_flat(), indent=2, sort_keys=True)
         )
         self._rounds = (root / "rounds.jsonl").open("a", encoding="utf-8")
 
-    def append_round(self, record: Mapping[str, Any]) -> None:
-        """Append one round record (schema in the module docstring)."""
+    @classmethod
+    def resume(cls, root: Path, cfg: RunConfig, point: ResumePoint) -> RunStore:
+        """Reopen `root` to continue after `point`: rounds.jsonl is rewritten (atomically) to
+        the records before the point's round plus the point's own, so that a round recorded
+        after the point (the server died before its resume point was written) or a line cut
+        short is dropped and played again rather than counted twice."""
+        kept = [r for r in _read_valid_lines(root / "rounds.jsonl") if r["round"] < point.round]
+        lines = [*kept, point.record]
+        _atomic_write_text(root / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+        (root / "done").unlink(missing_ok=True)
+        return cls(root, cfg, best_score=point.best_score)
+
+    def stamp(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """`record` as rounds.jsonl holds it: schema version and time added, JSON types only."""
         line = {"schema": ROUND_SCHEMA_VERSION, "time": datetime.now(UTC).isoformat(), **record}
-        self._rounds.write(json.dumps(line, default=_jsonable) + "\n")
+        return json.loads(json.dumps(line, default=_jsonable))
+
+    def append_round(self, record: Mapping[str, Any]) -> None:
+        """Append one round record (schema in the module docstring; `stamp`ed if not yet)."""
+        line = record if "schema" in record else self.stamp(record)
+        self._rounds.write(json.dumps(line) + "\n")
         self._rounds.flush()
+
+    def save_resume_point(self, point: ResumePoint) -> None:
+        """Replace resume.pt with `point`."""
+        _atomic_save(point.to_payload(), self.root / RESUME_FILE)
 
     def save_checkpoint(
         self, state: Mapping[str, torch.Tensor], round_: int, metrics: Mapping[str, float]
@@ -91,8 +117,8 @@ class RunStore:
         }
         _atomic_save(payload, self.root / "final.pt")
         score = metrics.get("pgd_acc", float("-inf"))
-        if score > self._best:
-            self._best = score
+        if score > self.best_score:
+            self.best_score = score
             _atomic_save(payload, self.root / "best.pt")
 
     def save_ground_truth(self, ledger: list[dict[str, Any]]) -> None:
@@ -116,6 +142,19 @@ def read_rounds(path: Path) -> list[dict[str, Any]]:
     """All round records of a rounds.jsonl file."""
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _read_valid_lines(path: Path) -> list[dict[str, Any]]:
+    """The records of a rounds.jsonl file, without a last line cut short by a kill."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
