@@ -34,6 +34,7 @@ from cli.processes import ProcessGroup, free_ports, signals_interrupt, wait_for_
 from cli.run_config import merge_overrides, resolve, toml_document
 from core.config import ConfigError
 from core.roles import BENIGN
+from server.checkpoint import check_resumable, load_resume_point
 
 MANIFEST = "launch.json"
 NODES_ONLINE_TIMEOUT = 180.0  # seconds for every SuperNode to come online at the start
@@ -127,7 +128,9 @@ def plan(args: argparse.Namespace) -> tuple[Deployment, Path, dict]:
         resume = {}
     where = {"output-dir": str(run_dir.parent), "run-name": run_dir.name}
     overrides = {**deployment.run_config, **where, **resume}
-    resolve(Path(deployment.app), overrides)
+    cfg = resolve(Path(deployment.app), overrides)
+    if args.resume:
+        check_resumable(cfg, load_resume_point(run_dir))
     return deployment, run_dir, overrides
 
 
@@ -241,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
                 ])  # fmt: skip
             print(f"[launch] SuperLink on 127.0.0.1:{fleet} (gRPC), {n} SuperNodes: "
                   f"{', '.join(deployment.roles)}; logs in {logs}", flush=True)  # fmt: skip
-            wait_for_nodes(group, env, n, NODES_ONLINE_TIMEOUT)
+            left = args.timeout - (time.perf_counter() - started)
+            wait_for_nodes(group, env, n, min(NODES_ONLINE_TIMEOUT, left))
             argv = [str(bindir / "flwr"), "run", deployment.app, "launch", "--stream",
                     "--run-config", str(config_file)]  # fmt: skip
             runner = group.start("flwr-run", argv, stdout_to_log=False)

@@ -89,10 +89,18 @@ def test_launch_runs_colluders_over_grpc_and_stops_every_process(
     assert all("pgd_t_acc" in r["metrics"] for r in rounds)
 
 
+def _cmdline(proc: psutil.Process) -> str:
+    """`proc`'s command line, "" for a process gone or a zombie."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _node_tree(launcher: int, partition: int) -> list[psutil.Process]:
     """The process tree of the SuperNode with `partition` among the launcher's children."""
     for child in psutil.Process(launcher).children():
-        if f"partition-id={partition} " in " ".join(child.cmdline()):
+        if f"partition-id={partition} " in _cmdline(child):
             return [child, *child.children(recursive=True)]
     raise AssertionError(f"no SuperNode with partition-id={partition}")
 
@@ -243,7 +251,7 @@ def test_a_server_killed_mid_round_resumes_to_the_same_final_model(
                     break
             time.sleep(2.0)
             servers = [p for p in psutil.Process(crashed.pid).children(recursive=True)
-                       if "flwr-serverapp" in " ".join(p.cmdline())]  # fmt: skip
+                       if "flwr-serverapp" in _cmdline(p)]  # fmt: skip
             assert servers, "no ServerApp process found"
             for p in servers:
                 p.kill()
