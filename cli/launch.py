@@ -23,11 +23,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL
+from flwr.common.constant import (
+    HEARTBEAT_DEFAULT_INTERVAL,
+    HEARTBEAT_MAX_INTERVAL,
+    HEARTBEAT_MIN_INTERVAL,
+)
 
 from attacks.registry import check_role
 from cli.processes import ProcessGroup, free_ports, signals_interrupt, wait_for_port
@@ -110,12 +114,17 @@ def plan(args: argparse.Namespace) -> tuple[Deployment, Path, dict]:
             raise ConfigError(f"--resume {run_dir}: no {manifest} (not started by certfl launch)")
         deployment = Deployment.load(manifest)
         extra = merge_overrides(args.run_config)
-        deployment = Deployment(**{**asdict(deployment),
-                                   "run_config": {**deployment.run_config, **extra}})  # fmt: skip
+        deployment = replace(deployment, run_config={**deployment.run_config, **extra})
         resume = {"resume-from": str(run_dir)}
     else:
         if args.supernodes < 1:
             raise ConfigError(f"--supernodes = {args.supernodes}: must be >= 1")
+        low, high = HEARTBEAT_MIN_INTERVAL, HEARTBEAT_MAX_INTERVAL
+        if not low <= args.heartbeat_interval <= high:
+            raise ConfigError(
+                f"--heartbeat-interval = {args.heartbeat_interval:g}: the SuperLink accepts "
+                f"{low} to {high} seconds"
+            )
         name = args.run_name or datetime.now(UTC).strftime("launch-%Y%m%d-%H%M%S")
         run_dir = Path(args.output_dir).resolve() / name
         deployment = Deployment(
@@ -196,8 +205,7 @@ def run(args: argparse.Namespace) -> int:
     work = launch_dir(run_dir)
     home = work / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        deployment.save(work / MANIFEST)
+    deployment.save(work / MANIFEST)  # a resume's extra overrides stay for the next one
     config_file = work / "run-config.toml"
     config_file.write_text(toml_document(overrides), encoding="utf-8")
     logs = work / ("logs" if not args.resume else f"logs-resume-{_attempt(work)}")

@@ -26,8 +26,8 @@ NO_REPLY = 1000  # error code of the stand-in reply for a node that missed the r
 # replies that never came from the node: it was lost, not wrong
 LOST = {
     ErrorCode.NODE_UNAVAILABLE: "node lost (its heartbeat expired)",
-    ErrorCode.MESSAGE_UNAVAILABLE: "node lost (the message to it expired)",
-    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "node lost (its reply expired)",
+    ErrorCode.MESSAGE_UNAVAILABLE: "node lost (message unavailable)",
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "node lost (reply unavailable)",
     NO_REPLY: "no reply within the round deadline",
 }
 

@@ -76,6 +76,7 @@ def test_the_toml_file_reads_back_as_the_same_overrides(tmp_path_factory, flat: 
         (["-c", "train.lr=0.1 train.lr=0.2"], ["train.lr=0.1 train.lr=0.2"]),
         (["--supernodes", "0"], ["--supernodes", "0"]),
         (["--resume", "/nowhere/run"], ["--resume /nowhere/run", "launch.json"]),
+        (["--heartbeat-interval", "5"], ["--heartbeat-interval = 5", "10 to 1800"]),
     ],
 )
 def test_launch_refuses_bad_input_before_starting_anything(
