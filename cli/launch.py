@@ -38,7 +38,7 @@ from cli.processes import ProcessGroup, free_ports, signals_interrupt, wait_for_
 from cli.run_config import merge_overrides, resolve, toml_document
 from core.config import ConfigError
 from core.roles import BENIGN
-from server.checkpoint import check_resumable, load_resume_point
+from server.checkpoint import RESUME_FILE, check_resumable, load_resume_point
 
 MANIFEST = "launch.json"
 NODES_ONLINE_TIMEOUT = 180.0  # seconds for every SuperNode to come online at the start
@@ -271,8 +271,8 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 watchdog.cancel()
     except KeyboardInterrupt:
-        print("[launch] interrupted: every process it started was stopped; "
-              f"continue with: certfl launch --resume {run_dir}", flush=True)  # fmt: skip
+        print(f"[launch] interrupted: every process it started was stopped{_resume_hint(run_dir)}",
+              flush=True)  # fmt: skip
         return 130
     except (RuntimeError, TimeoutError) as err:
         print(f"[launch] failed: {err}; every process it started was stopped", flush=True)
@@ -282,10 +282,17 @@ def run(args: argparse.Namespace) -> int:
         status = "complete"
     else:
         why = f"timed out after {args.timeout:g}s" if timed_out.is_set() else "see the logs"
-        status = f"INCOMPLETE ({why}); continue with: certfl launch --resume {run_dir}"
+        status = f"INCOMPLETE ({why}){_resume_hint(run_dir)}"
     print(f"[launch] run directory {run_dir}: {status}; "
           f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
     return 0 if complete else 1
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """How to continue `run_dir`, when it has a resume point."""
+    if (run_dir / RESUME_FILE).is_file():
+        return f"; continue with: certfl launch --resume {run_dir}"
+    return ""
 
 
 def _attempt(work: Path) -> int:

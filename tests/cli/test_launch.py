@@ -205,20 +205,22 @@ def test_a_lost_supernode_costs_one_round_and_a_restarted_one_is_sampled_again(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "timeout"])
-def test_interrupts_and_timeouts_stop_every_process(
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "timeout", "failure"])
+def test_interrupts_timeouts_and_failures_stop_every_process(
     tmp_path: Path, data_dir: Path, how: str
 ) -> None:
     out = tmp_path / "runs"
-    argv = _launch(out, "stop", data_dir, "--supernodes", "1", "--run-config",
-                   f"num-rounds=50 train.clients-per-round=1 {TINY}")  # fmt: skip
+    config = f"num-rounds=50 train.clients-per-round=1 {TINY}"
+    if how == "failure":  # passes the checks, then the ServerApp finds no data there
+        config += f" data.dir='{tmp_path / 'no-data'}'"
+    argv = _launch(out, "stop", data_dir, "--supernodes", "1", "--run-config", config)
     if how == "timeout":
         argv += ["--timeout", "40"]
     proc = _start(argv)
     with TreeWatch(proc.pid) as watch:
         try:
             assert proc.stdout is not None
-            if how != "timeout":
+            if how.startswith("SIG"):
                 for line in proc.stdout:  # wait until the first round has been recorded
                     if "[certfl] round   0/50" in line:
                         break
@@ -227,9 +229,12 @@ def test_interrupts_and_timeouts_stop_every_process(
         finally:
             proc.kill()
     _assert_nothing_left(watch)
-    expected = 1 if how == "timeout" else 130
-    assert proc.returncode == expected, output[-3000:]
-    assert "--resume" in output and not (out / "stop" / "done").exists()
+    assert not (out / "stop" / "done").exists()
+    if how.startswith("SIG"):
+        assert proc.returncode == 130 and "continue with: certfl launch --resume" in output
+    else:
+        assert proc.returncode == 1, output[-3000:]
+        assert ("timed out after 40s" if how == "timeout" else "INCOMPLETE") in output
 
 
 def _final_digest(run_dir: Path) -> str:
