@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -155,14 +156,30 @@ def _flower_config(control_port: int) -> str:
     )
 
 
+def shown(line: str) -> bool:
+    """Whether `certfl launch` echoes a line of Flower's output: certfl's own lines, warnings,
+    errors, and the last line of a traceback (the exception and its message).
+
+    >>> shown("core.data.DataNotFoundError: mnist: missing ... in /data")
+    True
+    >>> shown('  File "server/app.py", line 46, in main')
+    False
+    """
+    tagged = any(tag in line for tag in ("[certfl]", "WARNING", "ERROR"))
+    return tagged or _EXCEPTION_LINE.match(line) is not None
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\w*: ")
+
+
 def _relay(stream, log_file: Path, verbose: bool) -> None:
-    """Copy `flwr run --stream` output to a log file; echo certfl lines, warnings and errors."""
+    """Copy `flwr run --stream` output to a log file; echo the lines that are `shown`."""
     with log_file.open("w", encoding="utf-8") as log:
         for raw in stream:
             line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             log.write(line)
             log.flush()
-            if verbose or any(tag in line for tag in ("[certfl]", "WARNING", "ERROR")):
+            if verbose or shown(line):
                 sys.stdout.write(line)
                 sys.stdout.flush()
 

@@ -96,3 +96,13 @@ def test_launch_refuses_bad_input_before_starting_anything(
 def test_merge_names_the_bad_string() -> None:
     with pytest.raises(ConfigError, match="'a=\\[1'"):
         merge_overrides(["b=2", "a=[1"])
+
+
+def test_launch_echoes_the_reason_a_server_failed() -> None:
+    from cli.launch import shown
+
+    assert shown("core.data.DataNotFoundError: mnist: missing train-images in /x/MNIST/raw\n")
+    assert shown("\x1b[91mERROR \x1b[0m:     ServerApp raised an exception\n")
+    assert shown("INFO :      [certfl] round   1/3 | median | ...\n")
+    assert not shown('  File "/apps/certfl/server/app.py", line 46, in main\n')
+    assert not shown("INFO :      Received: train message\n")
