@@ -207,7 +207,7 @@ def wait_for_nodes(group: ProcessGroup, env: dict[str, str], n: int, timeout: fl
             raise RuntimeError(f"{', '.join(dead)} exited while starting (see the logs)")
         if online_nodes(env) >= n:
             return
-        time.sleep(1.0)
+        time.sleep(2.0)  # each look runs the flwr CLI, which the starting nodes compete with
     raise TimeoutError(f"the SuperLink did not see {n} SuperNodes online within {timeout:.0f}s")
 
 
