@@ -4,7 +4,11 @@ processes the test watches, looked at every few tenths of a second while it runs
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 import threading
+import time
+from collections.abc import Iterator
 from types import TracebackType
 
 import psutil
@@ -71,3 +75,38 @@ class TreeWatch:
     ) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@contextlib.contextmanager
+def watched(argv: list[str], **popen: object) -> Iterator[tuple[subprocess.Popen, TreeWatch]]:
+    """Start `argv` (output piped, as text) and watch its process tree. On leaving the block the
+    watch must have seen processes and none of them may still run; when the block fails, the
+    process gets SIGTERM (its own clean-up) and then everything seen is killed, so a failed
+    test leaves nothing behind either."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+    with TreeWatch(proc.pid) as watch:
+        try:
+            yield proc, watch
+        except BaseException:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=60)
+            watch.look()
+            watch.kill_left()
+            proc.kill()
+            raise
+    assert_nothing_left(watch)
+
+
+def assert_nothing_left(watch: TreeWatch) -> None:
+    """Fail, naming them, if processes the watch saw still run (and kill them); also fail if it
+    saw no process at all (then it checked nothing)."""
+    time.sleep(1.0)
+    watch.look()
+    left = watch.left()
+    watch.kill_left()
+    assert watch.descendants_seen() > 0, "the watch saw no process: it checked nothing"
+    assert left == [], f"processes left running: {[(p.pid, p.name()) for p in left]}"

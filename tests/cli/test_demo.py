@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cli.test_launch import TINY, _assert_nothing_left
+from tests.cli.test_launch import TINY
 from tests.conftest import REPO
-from tests.process_tree import TreeWatch
+from tests.process_tree import watched
 
 
 @pytest.mark.slow
@@ -23,15 +22,9 @@ def test_demo_keeps_every_override_and_leaves_no_process(tmp_path: Path, data_di
         "run-name='demo'"
     )
     env = {**os.environ, "CERTFL_SKIP_INSTALL": "1", "CERTFL_DATA": str(data_dir)}
-    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "demo.sh"), "--run-config", user],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=tmp_path)  # fmt: skip
-    with TreeWatch(proc.pid) as watch:
-        try:
-            output, _ = proc.communicate(timeout=400)
-        finally:
-            proc.kill()
-    _assert_nothing_left(watch)
+    demo = ["bash", str(REPO / "scripts" / "demo.sh"), "--run-config", user]
+    with watched(demo, env=env, cwd=tmp_path) as (proc, _):
+        output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, output[-4000:]
     run_dir = tmp_path / "runs" / "demo"
     assert (run_dir / "done").is_file(), output[-4000:]

@@ -22,7 +22,7 @@ from attacks.collusion import read_ledger
 from cli.processes import free_ports, stop_processes, tree
 from server.run_store import read_rounds
 from tests.conftest import REPO
-from tests.process_tree import TreeWatch
+from tests.process_tree import watched
 
 CERTFL = str(Path(sys.executable).parent / "certfl")
 TINY = (
@@ -36,30 +36,11 @@ def _launch(out: Path, name: str, data_dir: Path, *args: str) -> list[str]:
             "--data-dir", str(data_dir), *args]  # fmt: skip
 
 
-def _start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _run_to_end(argv: list[str], timeout: float = 400) -> tuple[int, str]:
-    """Run `argv` to its end while watching its process tree: (exit code, output); fails if a
-    process of the tree is left running."""
-    proc = _start(argv)
-    with TreeWatch(proc.pid) as watch:
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-        finally:
-            proc.kill()
-    _assert_nothing_left(watch)
+    """Run `argv` to its end under a process-tree watch: (exit code, output)."""
+    with watched(argv) as (proc, _):
+        output, _ = proc.communicate(timeout=timeout)
     return proc.returncode, output
-
-
-def _assert_nothing_left(watch: TreeWatch) -> None:
-    time.sleep(1.0)
-    watch.look()
-    left = watch.left()
-    watch.kill_left()
-    assert watch.descendants_seen() > 0, "the watch saw no process: it checked nothing"
-    assert left == [], f"processes left running: {[(p.pid, p.name()) for p in left]}"
 
 
 @pytest.mark.slow
@@ -154,11 +135,9 @@ def test_a_lost_supernode_costs_one_round_and_a_restarted_one_is_sampled_again(
                    "--heartbeat-interval", f"{heartbeat:g}")  # fmt: skip
     for o in overrides:
         argv += ["--run-config", o]
-    proc = _start(argv)
     output, killed_at, round2_at, rejoined = [], None, None, None
-    with TreeWatch(proc.pid) as watch:
+    with watched(argv) as (proc, watch):
         try:
-            assert proc.stdout is not None
             for line in proc.stdout:
                 output.append(line)
                 if m := re.search(r"SuperLink on 127\.0\.0\.1:(\d+)", line):
@@ -173,11 +152,9 @@ def test_a_lost_supernode_costs_one_round_and_a_restarted_one_is_sampled_again(
                     watch.add(rejoined.pid)
             proc.wait(timeout=60)
         finally:
-            proc.kill()
             if rejoined is not None:  # the SuperLink is gone: it would retry forever
                 stop_processes(tree(rejoined.pid), grace_s=10)
                 rejoined.wait(timeout=30)
-    _assert_nothing_left(watch)
     text = "".join(output)
     assert proc.returncode == 0, text[-4000:]
     run_dir = out / "lost"
@@ -216,19 +193,13 @@ def test_interrupts_timeouts_and_failures_stop_every_process(
     argv = _launch(out, "stop", data_dir, "--supernodes", "1", "--run-config", config)
     if how == "timeout":
         argv += ["--timeout", "40"]
-    proc = _start(argv)
-    with TreeWatch(proc.pid) as watch:
-        try:
-            assert proc.stdout is not None
-            if how.startswith("SIG"):
-                for line in proc.stdout:  # wait until the first round has been recorded
-                    if "[certfl] round   0/50" in line:
-                        break
-                proc.send_signal(getattr(signal, how))
-            output, _ = proc.communicate(timeout=120)
-        finally:
-            proc.kill()
-    _assert_nothing_left(watch)
+    with watched(argv) as (proc, _):
+        if how.startswith("SIG"):
+            for line in proc.stdout:  # wait until the first round has been recorded
+                if "[certfl] round   0/50" in line:
+                    break
+            proc.send_signal(getattr(signal, how))
+        output, _ = proc.communicate(timeout=120)
     assert not (out / "stop" / "done").exists()
     if how.startswith("SIG"):
         assert proc.returncode == 130 and "continue with: certfl launch --resume" in output
@@ -252,24 +223,18 @@ def test_a_server_killed_mid_round_resumes_to_the_same_final_model(
     code, output = _run_to_end(_launch(out, "straight", data_dir, "-n", "2", "-c", config))
     assert code == 0, output[-3000:]
 
-    crashed = _start(_launch(out, "crashed", data_dir, "-n", "2", "-c", config))
-    with TreeWatch(crashed.pid) as watch:
-        try:
-            assert crashed.stdout is not None
-            for line in crashed.stdout:  # round 2 starts as soon as round 1 is recorded
-                if "[certfl] round   1/3" in line:
-                    break
-            time.sleep(2.0)
-            servers = [p for p in psutil.Process(crashed.pid).children(recursive=True)
-                       if "flwr-serverapp" in _cmdline(p)]  # fmt: skip
-            assert servers, "no ServerApp process found"
-            for p in servers:
-                p.kill()
-            crashed.send_signal(signal.SIGTERM)  # the rest of the deployment goes down too
-            output, _ = crashed.communicate(timeout=120)
-        finally:
-            crashed.kill()
-    _assert_nothing_left(watch)
+    with watched(_launch(out, "crashed", data_dir, "-n", "2", "-c", config)) as (crashed, _):
+        for line in crashed.stdout:  # round 2 starts as soon as round 1 is recorded
+            if "[certfl] round   1/3" in line:
+                break
+        time.sleep(2.0)
+        servers = [p for p in psutil.Process(crashed.pid).children(recursive=True)
+                   if "flwr-serverapp" in _cmdline(p)]  # fmt: skip
+        assert servers, "no ServerApp process found"
+        for p in servers:
+            p.kill()
+        crashed.send_signal(signal.SIGTERM)  # the rest of the deployment goes down too
+        output, _ = crashed.communicate(timeout=120)
     run_dir = out / "crashed"
     assert crashed.returncode == 130 and not (run_dir / "done").exists(), output[-3000:]
     assert [r["round"] for r in read_rounds(run_dir / "rounds.jsonl")] == [0, 1]
