@@ -101,9 +101,10 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Client sampling and benign local training (plain SGD or Madry PGD training)."""
 
-    clients_per_round: int = Field(5, ge=1)
-    min_nodes: int = Field(0, ge=0)  # wait for this many connected nodes; 0 -> clients-per-round
-    round_timeout: float = Field(600.0, gt=0)
+    clients_per_round: int = Field(5, ge=1)  # sampled per round from the nodes connected then
+    min_nodes: int = Field(0, ge=0)  # fewest connected nodes a round runs with; 0 -> the rule's
+    min_nodes_timeout: float = Field(300.0, gt=0)  # wait this long for min-nodes, else skip
+    round_timeout: float = Field(600.0, gt=0)  # a reply not in by then is a failure of the round
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.05, gt=0)
@@ -299,6 +300,7 @@ class RunConfig(_Section):
     num_rounds: int = Field(3, ge=1)
     output_dir: str = "runs"
     run_name: str = ""  # "" -> a timestamp
+    resume_from: str = ""  # a run directory to continue from its last checkpoint; "" -> fresh
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

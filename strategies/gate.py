@@ -114,6 +114,15 @@ class CertificationGate(Strategy):
         """The inner strategy's report of the current round, with the gate's decision in it."""
         return self.inner.last_report
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs (JSON-able): the reference and the inner strategy's state."""
+        return {"reference": self.reference, "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        self.reference = state["reference"]
+        self.inner.load_state_dict(state["inner"])
+
     def summary(self) -> None:
         self.inner.summary()
         g = self.cfg.gate

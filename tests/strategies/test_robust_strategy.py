@@ -83,3 +83,16 @@ def test_reported_example_counts_are_capped() -> None:
     assert weights.tolist() == pytest.approx([100.0, 120.0, 80.0, 2 * 110.0])
     uniform = RunConfig.from_flat({}).agg
     assert client_weights(counts, uniform).tolist() == [1.0] * 4
+
+
+def test_sampling_depends_on_seed_round_and_connected_set_only() -> None:
+    from strategies.robust import sample_nodes
+
+    nodes = list(range(100, 120))
+    chosen = sample_nodes(nodes, 5, seed=3, server_round=7)
+    assert chosen == sample_nodes(nodes[::-1], 5, seed=3, server_round=7)
+    assert len(set(chosen)) == 5 and set(chosen) <= set(nodes)
+    by_round = {tuple(sample_nodes(nodes, 5, seed=3, server_round=r)) for r in range(1, 6)}
+    by_seed = {tuple(sample_nodes(nodes, 5, seed=s, server_round=7)) for s in range(5)}
+    assert len(by_round) > 1 and len(by_seed) > 1
+    assert sorted(sample_nodes(nodes[:3], 5, seed=3, server_round=7)) == nodes[:3]
