@@ -95,6 +95,7 @@ def certify_dataset(
     differentiable: bool = False,
     box: Box = (0.0, 1.0),
     progress: Callable[[int, int], None] | None = None,
+    chunk: int | None = None,
 ) -> CertResult:
     """Certify every point of `x` (in [0, 1], model dtype and device) at L-inf radius `eps`.
 
@@ -103,7 +104,8 @@ def certify_dataset(
     faster); with `differentiable=True` the autograd graph of every chunk is kept on top of
     that, so that `certified_loss.backward()` reaches the parameters. `sound_fp` makes the
     verdicts hold for the float32 network as executed (see certify/fp.py). `progress(done,
-    total)` is called after every chunk.
+    total)` is called after every chunk. `chunk` fixes the points per chunk (None: sized as
+    above), e.g. when a caller certifies a set in slices and has sized it once.
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} points but y has {y.shape[0]} labels")
@@ -111,7 +113,8 @@ def certify_dataset(
         raise ValueError("certify_dataset needs at least one point")
     steps = trace(model)
     n = x.shape[0]
-    chunk = chunk_size(steps, x, eps, method, budget_bytes, sound_fp)
+    if chunk is None:
+        chunk = chunk_size(steps, x, eps, method, budget_bytes, sound_fp)
     margins, correct = [], []
     grad = torch.enable_grad() if differentiable else torch.no_grad()
     with eval_mode(model), grad:

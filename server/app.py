@@ -27,8 +27,9 @@ from core.seeds import derive_seed
 from server.evaluation import CentralEvaluator, eval_subset
 from server.run_store import RunStore, resolve_run_dir
 from strategies.crfl import CRFLStrategy
-from strategies.gate import CandidateMeasurer, CertificationGate
-from strategies.robust import RobustStrategy
+from strategies.gate import CertificationGate, GateReport
+from strategies.gate_measure import CandidateMeasurer
+from strategies.robust import RobustStrategy, RoundReport
 
 app = ServerApp()
 
@@ -60,10 +61,24 @@ class RoundRecorder:
         self.store = store
         self._last_metrics: dict[str, float] = {}
 
+    @property
+    def round_report(self) -> RoundReport:
+        """The robust strategy's report of the round (inside the gate when there is one)."""
+        inner = self.strategy.inner if isinstance(self.strategy, CertificationGate) else None
+        return (inner or self.strategy).last_report  # type: ignore[union-attr]
+
+    @property
+    def gate_report(self) -> GateReport | None:
+        """The gate's report of the round; None without a gate or without a candidate."""
+        if isinstance(self.strategy, CertificationGate):
+            return self.strategy.last_report
+        return None
+
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         start = time.perf_counter()
-        report = self.strategy.last_report
-        if server_round > 0 and not report.aggregated:
+        gate = self.gate_report
+        changed = self.round_report.aggregated and (gate is None or gate.accepted)
+        if server_round > 0 and not changed:
             metrics = self._last_metrics  # the global model is unchanged: no need to measure
         else:
             metrics = self.evaluator(arrays, server_round)
@@ -84,8 +99,9 @@ class RoundRecorder:
                             "eval_s": eval_s, "round_s": eval_s},
                 "client": {}, "metrics": metrics, "gate": None,
             }  # fmt: skip
-        r = self.strategy.last_report
-        gate_s = r.gate["seconds"] if r.gate else 0.0
+        r, gate = self.round_report, self.gate_report
+        gate_s = gate.seconds if gate else 0.0
+        rejected = gate is not None and not gate.accepted
         return {
             "round": server_round,
             "rule": self.cfg.agg.rule,
@@ -93,8 +109,8 @@ class RoundRecorder:
             "received": r.received,
             "accepted": r.received - len(r.failures),
             "failures": r.failures,
-            "aggregated": r.aggregated,
-            "skip_reason": r.skip_reason,
+            "aggregated": r.aggregated and not rejected,
+            "skip_reason": "gate: " + ", ".join(gate.failed) if rejected else r.skip_reason,
             "timings": {
                 "train_s": r.train_seconds,
                 "aggregate_s": r.aggregate_seconds,
@@ -104,7 +120,7 @@ class RoundRecorder:
             },
             "client": r.client_metrics,
             "metrics": metrics,
-            "gate": r.gate,
+            "gate": gate.to_record() if gate else None,
         }
 
 
@@ -148,7 +164,7 @@ def build_strategy(
         return robust
     measurer_model = build_model(cfg.model.name, splits.spec).to(device)
     measure = CandidateMeasurer(measurer_model, splits.val, splits.cert, cfg, device)
-    return CertificationGate(robust, measure, cfg)
+    return CertificationGate(robust, measure, cfg.gate)
 
 
 def check_attack_policy(cfg: RunConfig) -> None:
