@@ -298,6 +298,7 @@ class GateConfig(_Section):
     workers: int = Field(2, ge=1)  # pool: threads, each running torch with one thread
     early_verdict: bool = True  # pool: stop measuring once the verdict is known (no shadow rules)
     early_delta: float = Field(1e-3, gt=0, lt=1)  # error bound of the sequential PGD verdict
+    init_state: str = ""  # JSON of a gate's state_dict() to continue from ("" -> measure round 0)
 
     @field_validator("l_crt", mode="before")
     @classmethod
@@ -317,6 +318,7 @@ class RunConfig(_Section):
     num_rounds: int = Field(3, ge=1)
     output_dir: str = "runs"
     run_name: str = ""  # "" -> a timestamp
+    init_checkpoint: str = ""  # start from this checkpoint's model (server/run_store.py format)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

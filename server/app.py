@@ -7,6 +7,7 @@ server measures the global model, writes the round record and checkpoints, and l
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from logging import ERROR, INFO
 from pathlib import Path
@@ -25,7 +26,7 @@ from core.models import build_model
 from core.params import model_to_record, record_to_state
 from core.seeds import derive_seed
 from server.evaluation import CentralEvaluator, eval_subset
-from server.run_store import RunStore, resolve_run_dir
+from server.run_store import RunStore, load_checkpoint, resolve_run_dir
 from strategies.crfl import CRFLStrategy
 from strategies.gate import CertificationGate, GateReport
 from strategies.gate_measure import CandidateMeasurer
@@ -158,13 +159,16 @@ def build_strategy(
     cfg: RunConfig, initial: ArrayRecord, splits: Splits, device: torch.device
 ) -> RobustStrategy | CertificationGate:
     """The robust strategy (with CRFL's server step when `crfl.enabled`), wrapped by the
-    certification gate when `gate.enabled`."""
+    certification gate when `gate.enabled` (continuing from `gate.init-state` when set)."""
     robust = (CRFLStrategy if cfg.crfl.enabled else RobustStrategy)(cfg, initial)
     if not cfg.gate.enabled:
         return robust
     measurer_model = build_model(cfg.model.name, splits.spec).to(device)
     measure = CandidateMeasurer(measurer_model, splits.val, splits.cert, cfg, device)
-    return CertificationGate(robust, measure, cfg.gate)
+    gate = CertificationGate(robust, measure, cfg.gate)
+    if cfg.gate.init_state:
+        gate.load_state_dict(json.loads(Path(cfg.gate.init_state).read_text(encoding="utf-8")))
+    return gate
 
 
 def check_attack_policy(cfg: RunConfig) -> None:
@@ -185,6 +189,8 @@ def run_server(grid: Grid, cfg: RunConfig, run_id: int) -> Path:
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.name, splits.spec, seed=derive_seed(cfg.seed, "init")).to(device)
+    if cfg.init_checkpoint:
+        model.load_state_dict(load_checkpoint(Path(cfg.init_checkpoint))["state_dict"])
     initial = model_to_record(model)
     strategy = build_strategy(cfg, initial, splits, device)
     store = RunStore(resolve_run_dir(cfg), cfg)

@@ -31,7 +31,8 @@ Round record schema (`ROUND_SCHEMA_VERSION` 1):
         reference:{metric: the value its bound derives from},
         checks:[{metric, value, reference, bound, criterion, passed}], failed:[str],
         timings:{clean, pgd, cert@<eps>: busy seconds, wall, initial},
-        shadow:[{rule, accepted, failed}] (rules judged but not enforced)}
+        shadow:[{rule, accepted, failed}] (rules judged but not enforced),
+        initial:{metrics} of the model the run started from when measured in this round, else null}
 Checkpoints are `torch.save` dicts: {model:str, state_dict:dict, config:dict (flat), round:int,
 metrics:dict}; `load_checkpoint` reads them back.
 """

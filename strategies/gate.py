@@ -13,6 +13,7 @@ give it as JSON), so a resumed run decides exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class GateReport:
     seconds: float  # the gate's time this round (measuring the initial model included)
     timings: Mapping[str, float]  # busy seconds per check, wall, initial (round-0 measure)
     shadow: tuple[ShadowVerdict, ...] = ()
+    initial: Mapping[str, float] | None = None  # the round-0 model's metrics, when measured now
 
     @property
     def failed(self) -> tuple[str, ...]:
@@ -116,6 +118,7 @@ class GateReport:
                 {"rule": s.rule, "accepted": s.accepted, "failed": list(s.failed)}
                 for s in self.shadow
             ],
+            "initial": None if self.initial is None else dict(self.initial),
         }
 
 
@@ -151,7 +154,7 @@ class CertificationGate(Strategy):
         self.cfg = cfg
         self.state = GateState()
         self.last_report: GateReport | None = None
-        self._initial_s = 0.0
+        self._initial_s: float | None = None  # set in the round that measured the initial model
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -220,9 +223,12 @@ class CertificationGate(Strategy):
                 entry = Measurement.of(server_round, measured.metrics)
                 keep = max(self.cfg.history, self.cfg.window)
                 self.state = remember(self.state, rule, entry, keep)
-        seconds = time.perf_counter() - start + self._initial_s
-        report = _report(server_round, self.cfg.rule, decisions, measured, seconds, self._initial_s)
-        self._initial_s = 0.0
+        initial_s = self._initial_s or 0.0
+        seconds = time.perf_counter() - start + initial_s
+        report = _report(server_round, self.cfg.rule, decisions, measured, seconds, initial_s)
+        if self._initial_s is not None and self.state.initial is not None:
+            report = dataclasses.replace(report, initial=dict(self.state.initial.metrics))
+        self._initial_s = None
         return report
 
     def configure_evaluate(
@@ -245,7 +251,7 @@ def _report(
     initial_s: float,
 ) -> GateReport:
     enforced = decisions[rule]
-    timings = dict(measured.seconds) | ({"initial": initial_s} if initial_s else {})
+    timings = dict(measured.seconds) | {"initial": initial_s}
     shadow = tuple(
         ShadowVerdict(r, d.accepted, tuple(d.failed)) for r, d in decisions.items() if r != rule
     )

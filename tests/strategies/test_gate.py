@@ -89,7 +89,7 @@ def test_gate_measures_round0_accepts_honest_skips_masked_and_keeps_the_referenc
     assert measurer.calls[0][:2] == (0, 5.0)  # the initial model, measured before round 1
     first = gate.last_report
     assert isinstance(first, GateReport) and first.accepted and first.round == 1
-    assert "initial" in first.timings
+    assert first.initial is not None and first.initial["cert_loss@0.1"] == 5.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.accepted = False  # type: ignore[misc]
     history = gate.state.history("calibrated")
@@ -100,6 +100,7 @@ def test_gate_measures_round0_accepts_honest_skips_masked_and_keeps_the_referenc
     assert gate.state.history("calibrated") == history  # a skip leaves the reference alone
     assert first.accepted  # the earlier report is a value: untouched
 
+    assert skipped.initial is None  # measured once, reported in round 1 only
     assert _round(gate, 3, global_w=2.5)
     assert [m.round for m in gate.state.history("calibrated")] == [1, 3]
     assert measurer.calls[-1][2], "the rule's bounds reach the measurer (early verdict)"
