@@ -320,7 +320,7 @@ def report(benign: dict[int, Path], attacked: list, args: argparse.Namespace) ->
     names = metric_names(RunConfig.from_flat({"gate.l-crt": "0.1"}).gate)
     for rule in RULES:
         print(f"\n-- {rule}: per metric, badness vs the rule's reference (loss/ref, ref/acc) --")
-        print(f"   largest benign (after warm-up) | smallest per attack (policy/timing)")
+        print("   largest benign (after warm-up) | smallest per attack (policy/timing)")
         for m in names:
             benign_max = max(
                 (badness(m, j.metrics[m], j.references[rule][m])
