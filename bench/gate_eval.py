@@ -219,16 +219,6 @@ def main() -> None:
     attack_fmt = {"adaptive_s": args.adaptive_seconds}
 
     benign: dict[int, Path] = {}
-    for seed in seeds:
-        spec = Spec(
-            f"benign-s{seed}",
-            common + rules_keys("calibrated") + f"seed={seed} num-rounds={args.benign_rounds} "
-            "roles.malicious-fraction=0.0",
-            args.benign_clients,
-        )
-        if (d := execute(spec)) is not None:
-            benign[seed] = d
-
     attacked: list[tuple[str, str, int, str, Path]] = []  # policy, timing, seed, enforced, dir
 
     def attacked_spec(policy: str, timing: str, seed: int, enforce: str) -> Spec | None:
@@ -246,28 +236,37 @@ def main() -> None:
             )
         return Spec(f"{policy}-{timing}-s{seed}{suffix}", keys, args.attack_clients)
 
-    plan = [(q, t, s, "calibrated") for t in ("early", "late") for q in policies for s in seeds]
-    plan += [
-        (q, t, s, "cfat")
-        for t in ("early", "late")
-        for q in policies
-        for s in seeds[: args.cfat_enforced_seeds]
-    ]
-    for policy, timing, seed, enforce in plan:
-        spec = attacked_spec(policy, timing, seed, enforce)
-        if spec is not None and (d := execute(spec)) is not None:
-            attacked.append((policy, timing, seed, enforce, d))
-    for seed in seeds:  # the adaptive attack against a small certification set, near convergence
+    def adaptive_spec(seed: int) -> Spec | None:
+        """The adaptive attack near convergence against a small certification set."""
         if seed not in benign:
-            continue
+            return None
         keys = COMMON.format(n_cert=args.adaptive_n_cert) + rules_keys("calibrated")
         keys += ATTACK.format(policy="adaptive-cert", **attack_fmt)
         keys += (
             f"seed={seed} num-rounds={args.attack_rounds} gate.warmup-rounds=0 "
             f"init-checkpoint='{benign[seed] / 'final.pt'}' "
         )
-        spec = Spec(f"adaptive-cert-late-s{seed}", keys, args.attack_clients)
+        return Spec(f"adaptive-cert-late-s{seed}", keys, args.attack_clients)
+
+    # seed by seed, so that an interrupted bench has whole seeds to report
+    for i, seed in enumerate(seeds):
+        spec = Spec(
+            f"benign-s{seed}",
+            common + rules_keys("calibrated") + f"seed={seed} num-rounds={args.benign_rounds} "
+            "roles.malicious-fraction=0.0",
+            args.benign_clients,
+        )
         if (d := execute(spec)) is not None:
+            benign[seed] = d
+        plan = [(q, t, "calibrated") for t in ("early", "late") for q in policies]
+        if i < args.cfat_enforced_seeds:
+            plan += [(q, t, "cfat") for t in ("early", "late") for q in policies]
+        for policy, timing, enforce in plan:
+            spec = attacked_spec(policy, timing, seed, enforce)
+            if spec is not None and (d := execute(spec)) is not None:
+                attacked.append((policy, timing, seed, enforce, d))
+        spec = adaptive_spec(seed)
+        if spec is not None and (d := execute(spec)) is not None:
             attacked.append(("adaptive-cert", "late", seed, "calibrated", d))
     report(benign, attacked, args)
 
