@@ -55,6 +55,9 @@ from core.seeds import torch_generator
 from core.training import evaluate
 from strategies.gate_rule import Bound
 
+# certification chunks of a single-threaded worker: small enough to stay near its core's caches
+SINGLE_THREAD_CHUNK_BYTES = 16 * 2**20
+
 
 @dataclass(frozen=True)
 class MeasureResult:
@@ -252,9 +255,12 @@ class CandidateMeasurer:
         steps = trace(self.model)
         cert_tasks = []
         for eps in g.l_crt:
-            chunk = chunk_size(steps, self._cert_x, eps, g.method, g.budget_mb * 2**20, g.sound_fp)
+            chunk = chunk_size(
+                steps, self._cert_x, eps, g.method, g.budget_mb * 2**20, g.sound_fp,
+                cpu_bytes=SINGLE_THREAD_CHUNK_BYTES, cpu_min=1,
+            )  # fmt: skip
             # a slice holds several chunks, so each task is long next to the queue's overhead
-            width = max(chunk * 4, 32)
+            width = max(chunk * 8, 16)
             cert_tasks += [
                 (f"cert@{eps:g}", (eps, slice(s, s + width), chunk))
                 for s in range(0, len(self.cert), width)
