@@ -218,11 +218,10 @@ class CertificationGate(Strategy):
             rule: judge(measured.metrics, rule_bounds(rule, self.state, self.cfg, server_round))
             for rule in self.rules
         }
-        for rule, decision in decisions.items():
-            if decision.accepted:
-                entry = Measurement.of(server_round, measured.metrics)
-                keep = max(self.cfg.history, self.cfg.window)
-                self.state = remember(self.state, rule, entry, keep)
+        if decisions[self.cfg.rule].accepted:
+            entry = Measurement.of(server_round, measured.metrics)
+            keep = max(self.cfg.history, self.cfg.window)
+            self.state = remember(self.state, entry, keep)
         initial_s = self._initial_s or 0.0
         seconds = time.perf_counter() - start + initial_s
         report = _report(server_round, self.cfg.rule, decisions, measured, seconds, initial_s)

@@ -6,8 +6,10 @@ Metric names: `clean_acc`, `pgd_acc` (validation set), `cert_acc@<eps>`, `cert_l
 stop as soon as the verdict is known), then `judge` compares the candidate with them.
 
 The state (`GateState`) is one frozen value: the measurement of the model the run started from
-(round 0) and, per rule, the models that rule accepted, most recent last. Tolerances the
-calibrated rule learns are a function of that history, so the state is all a resumed gate needs.
+(round 0) and the models accepted since, most recent last. Tolerances the calibrated rule learns
+are a function of that history, so the state is all a resumed gate needs. Every rule reads the
+same history (the models actually accepted), so a shadow rule's verdict is what it would have
+said about this candidate given the federation's real past.
 
 `cfat` (CFAT Sec. 3). Reference: the last accepted model. Accept when every accuracy is at least
 `acc-ratio` times its reference and every certified loss at most (1 + loss-growth) times its
@@ -75,30 +77,22 @@ class Measurement:
 
 @dataclass(frozen=True)
 class GateState:
-    """Everything the rules remember: the round-0 measurement and each rule's accepted models
-    (at most `keep` of them, most recent last). JSON round trip: `to_dict` / `from_dict`."""
+    """Everything the rules remember: the round-0 measurement and the accepted models (at most
+    `keep` of them, most recent last). JSON round trip: `to_dict` / `from_dict`."""
 
     initial: Measurement | None = None
-    accepted: tuple[tuple[str, tuple[Measurement, ...]], ...] = ()
-
-    def history(self, rule: str) -> tuple[Measurement, ...]:
-        """`rule`'s accepted models, most recent last, after the initial one."""
-        return dict(self.accepted).get(rule, ())
+    accepted: tuple[Measurement, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "initial": None if self.initial is None else self.initial.to_dict(),
-            "accepted": {rule: [m.to_dict() for m in ms] for rule, ms in self.accepted},
+            "accepted": [m.to_dict() for m in self.accepted],
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GateState:
         initial = None if d.get("initial") is None else Measurement.from_dict(d["initial"])
-        accepted = tuple(
-            (rule, tuple(Measurement.from_dict(m) for m in ms))
-            for rule, ms in sorted(d.get("accepted", {}).items())
-        )
-        return cls(initial, accepted)
+        return cls(initial, tuple(Measurement.from_dict(m) for m in d.get("accepted", ())))
 
 
 def with_initial(state: GateState, measurement: Measurement) -> GateState:
@@ -106,11 +100,9 @@ def with_initial(state: GateState, measurement: Measurement) -> GateState:
     return GateState(measurement, state.accepted)
 
 
-def remember(state: GateState, rule: str, measurement: Measurement, keep: int) -> GateState:
-    """The state after `rule` accepted `measurement`: its history keeps the last `keep`."""
-    histories = dict(state.accepted)
-    histories[rule] = (*histories.get(rule, ()), measurement)[-max(keep, 1) :]
-    return GateState(state.initial, tuple(sorted(histories.items())))
+def remember(state: GateState, measurement: Measurement, keep: int) -> GateState:
+    """The state after `measurement`'s model was accepted: the last `keep` are kept."""
+    return GateState(state.initial, (*state.accepted, measurement)[-max(keep, 1) :])
 
 
 @dataclass(frozen=True)
@@ -304,7 +296,7 @@ RULES: dict[str, RuleFn] = {"cfat": cfat_bounds, "calibrated": calibrated_bounds
 
 def rule_bounds(rule: str, state: GateState, cfg: GateConfig, server_round: int) -> RuleBounds:
     """`rule`'s bounds for the candidate of `server_round`, from the state alone."""
-    return RULES[rule](state.initial, state.history(rule), cfg, server_round)
+    return RULES[rule](state.initial, state.accepted, cfg, server_round)
 
 
 def judge(metrics: Mapping[str, float], rb: RuleBounds) -> Decision:

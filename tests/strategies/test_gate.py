@@ -92,17 +92,17 @@ def test_gate_measures_round0_accepts_honest_skips_masked_and_keeps_the_referenc
     assert first.initial is not None and first.initial["cert_loss@0.1"] == 5.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.accepted = False  # type: ignore[misc]
-    history = gate.state.history("calibrated")
+    history = gate.state.accepted
 
     assert not _round(gate, 2, global_w=2.5)  # gradient masking: 120x the reference
     skipped = gate.last_report
     assert not skipped.accepted and "cert_loss@0.1 window" in skipped.failed
-    assert gate.state.history("calibrated") == history  # a skip leaves the reference alone
+    assert gate.state.accepted == history  # a skip leaves the reference alone
     assert first.accepted  # the earlier report is a value: untouched
 
     assert skipped.initial is None  # measured once, reported in round 1 only
     assert _round(gate, 3, global_w=2.5)
-    assert [m.round for m in gate.state.history("calibrated")] == [1, 3]
+    assert [m.round for m in gate.state.accepted] == [1, 3]
     assert measurer.calls[-1][2], "the rule's bounds reach the measurer (early verdict)"
     record = gate.last_report.to_record()
     assert json.loads(json.dumps(record))["accepted"] is True
@@ -118,13 +118,16 @@ def test_shadow_rule_is_recorded_not_enforced_and_disables_early_verdicts() -> N
     assert [(s.rule, s.accepted) for s in shadow] == [("cfat", True)]
     assert measurer.calls[-1][2] == ()
     gate2, _ = _gate(
-        ScriptedStrategy([4.0, 9.0]), **{"gate.shadow-rules": "cfat", "gate.warmup-rounds": 0}
+        ScriptedStrategy([4.0, 9.0, 9.5]), **{"gate.shadow-rules": "cfat", "gate.warmup-rounds": 0}
     )
     _round(gate2, 1, 5.0)
     _round(gate2, 2, 4.0)
     report = gate2.last_report
     assert report.accepted  # 9.0 is within the calibrated tolerance of the window median ...
     assert report.shadow[0].failed == ("cert_loss@0.1 growth",)  # ... not of CFAT's 10%
+    _round(gate2, 3, 9.0)
+    # the shadow rule judges against the models actually accepted: 9.5 vs 9.0 passes CFAT
+    assert gate2.last_report.shadow[0].accepted
 
 
 def _reply(node: int, w: float, n: int = 10) -> Message:
@@ -138,7 +141,7 @@ def test_gate_wraps_flowers_own_strategies(flower_strategy) -> None:
     gate, _ = _gate(flower_strategy(fraction_evaluate=0.0))
     honest = [_reply(1, 2.0), _reply(2, 2.5), _reply(3, 3.0)]
     assert _round(gate, 1, global_w=5.0, replies=honest)
-    assert np.isclose(gate.state.history("calibrated")[-1].value("cert_loss@0.1"), 2.5)
+    assert np.isclose(gate.state.accepted[-1].value("cert_loss@0.1"), 2.5)
     masked = [_reply(1, 300.0), _reply(2, 300.0), _reply(3, 300.0)]
     assert not _round(gate, 2, global_w=2.5, replies=masked)
     assert gate.last_report.round == 2 and not gate.last_report.accepted

@@ -31,10 +31,10 @@ def _cfg(**flat: object):
     return RunConfig.from_flat({"gate.l-crt": "0.1,0.2", **flat}).gate
 
 
-def _state(*accepted: dict[str, float], rule: str = "cfat", keep: int = 5) -> GateState:
+def _state(*accepted: dict[str, float], keep: int = 5) -> GateState:
     state = with_initial(GateState(), Measurement.of(0, INITIAL))
     for i, metrics in enumerate(accepted, start=1):
-        state = remember(state, rule, Measurement.of(i, metrics), keep)
+        state = remember(state, Measurement.of(i, metrics), keep)
     return state
 
 
@@ -88,7 +88,7 @@ def test_only_configured_metrics_take_part() -> None:
 def test_non_finite_metrics_fail_under_both_rules() -> None:
     candidate = dict(REFERENCE, **{"cert_loss@0.1": math.nan})
     assert decide(candidate, _state(REFERENCE), _cfat(), 5).failed == ["cert_loss@0.1 growth"]
-    calibrated = decide(candidate, _state(REFERENCE, rule="calibrated"), _cfg(), 5)
+    calibrated = decide(candidate, _state(REFERENCE), _cfg(), 5)
     assert not calibrated.accepted and "cert_loss@0.1 window" in calibrated.failed
 
 
@@ -100,7 +100,7 @@ def _benign_history(n: int) -> list[dict[str, float]]:
 
 def test_calibrated_reference_is_the_window_median_and_tolerance_is_learned() -> None:
     cfg = _cfg(**{"gate.history": 7})
-    state = _state(*_benign_history(7), rule="calibrated", keep=7)
+    state = _state(*_benign_history(7), keep=7)
     rb = rule_bounds("calibrated", state, cfg, server_round=8)
     assert not rb.warmup
     window = [w["cert_loss@0.1"] for w in _benign_history(7)[-5:]]
@@ -116,7 +116,7 @@ def test_calibrated_reference_is_the_window_median_and_tolerance_is_learned() ->
     decision = decide(masked, state, cfg, 8)
     assert decision.failed == ["cert_loss@0.1 window", "cert_loss@0.1 ceiling"]
     # while fewer than `window` models were accepted the tolerance is the loosest
-    young = rule_bounds("calibrated", _state(*_benign_history(3), rule="calibrated"), cfg, 4)
+    young = rule_bounds("calibrated", _state(*_benign_history(3)), cfg, 4)
     assert young.warmup
     top = next(b for b in young.bounds if b.metric == "cert_loss@0.1" and b.criterion == "window")
     assert math.isclose((top.bound + cfg.loss_slack) / (top.reference + cfg.loss_slack), 4.0)
@@ -124,7 +124,7 @@ def test_calibrated_reference_is_the_window_median_and_tolerance_is_learned() ->
 
 def test_calibrated_checks_round_one_against_the_initial_model_and_the_ceiling() -> None:
     cfg = _cfg()
-    state = _state(rule="calibrated")
+    state = _state()
     rb = rule_bounds("calibrated", state, cfg, server_round=1)
     assert rb.warmup  # tolerances at their loosest while the window fills, but checked
     first = dict(REFERENCE, **{"cert_loss@0.1": 2.5})  # honest: below the untrained model's
@@ -141,7 +141,7 @@ def test_no_single_accepted_model_moves_the_calibrated_reference() -> None:
     cfg = _cfg(**{"gate.loss-ceiling": 0, "gate.history": 6})
     history = _benign_history(5)
     outlier = dict(REFERENCE, **{"cert_loss@0.1": 2.0 * 3.9})  # just within loss-factor-max
-    state = _state(*history, outlier, rule="calibrated", keep=6)
+    state = _state(*history, outlier, keep=6)
     loss = next(
         b for b in rule_bounds("calibrated", state, cfg, 7).bounds if b.metric == "cert_loss@0.1"
     )
@@ -150,8 +150,8 @@ def test_no_single_accepted_model_moves_the_calibrated_reference() -> None:
 
 
 def test_state_round_trips_through_json() -> None:
-    state = _state(*_benign_history(3), rule="calibrated")
-    state = remember(state, "cfat", Measurement.of(9, REFERENCE), keep=1)
+    state = _state(*_benign_history(3))
+    state = remember(state, Measurement.of(9, REFERENCE), keep=3)
     again = GateState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert again == state
-    assert len(again.history("cfat")) == 1 and len(again.history("calibrated")) == 3
+    assert [m.round for m in again.accepted] == [2, 3, 9] and again.initial.round == 0
