@@ -16,9 +16,11 @@ One invocation runs real `flwr run` simulations on MNIST (conv-small, PGD traini
     global model CFAT would have let through (PGD at T).
 
 Both rules judge the same candidates: every run enforces one rule and judges with the other as a
-shadow rule (`gate.shadow-rules`), each rule keeping its own history of what it accepted, so a
-model CFAT would have accepted becomes CFAT's reference for its later verdicts. What a shadow
-verdict cannot show is the global model the other rule would have produced; (d) shows that.
+shadow rule (`gate.shadow-rules`), both against the models actually accepted. For CFAT, whose
+reference is the previous global model, that is exactly its verdict on the candidate had it been
+enforced up to here. What a shadow verdict cannot show is where the other rule would have taken
+the federation after letting an attack through (an accepted attack becomes CFAT's reference);
+(d) shows that.
 The bench replays every run's gate records with `strategies.gate_rule` (checking that the
 replayed verdicts equal the recorded ones) to get each rule's reference per metric.
 
@@ -115,12 +117,6 @@ def gate_cfg(run_dir: Path) -> GateConfig:
     return RunConfig.from_flat(flat).gate
 
 
-def start_state(cfg: GateConfig) -> GateState:
-    if not cfg.init_state:
-        return GateState()
-    return GateState.from_dict(json.loads(Path(cfg.init_state).read_text())["state"])
-
-
 @dataclass(frozen=True)
 class Judged:
     """One candidate of a run: its metrics and each rule's reference and verdict."""
@@ -134,11 +130,13 @@ class Judged:
     pgd_t_acc: float
 
 
-def replay(run_dir: Path) -> tuple[list[Judged], GateState, int]:
-    """Replay the gate over the run's records: each rule's verdicts and references, the final
-    state, and how many replayed verdicts differ from the recorded ones (should be 0)."""
+def replay(run_dir: Path, start: GateState | None = None) -> tuple[list[Judged], GateState, int]:
+    """Replay the gate over the run's records: each rule's verdict and references given the
+    models actually accepted, the final state, and how many replayed verdicts of the enforced
+    rule differ from the recorded ones (should be 0). `start`: the state the run continued from
+    (`gate.init-state`), when it had one."""
     cfg = gate_cfg(run_dir)
-    state = start_state(cfg)
+    state = start or GateState()
     keep = max(cfg.history, cfg.window)
     judged, mismatches = [], 0
     for record in read_rounds(run_dir / "rounds.jsonl"):
@@ -158,11 +156,9 @@ def replay(run_dir: Path) -> tuple[list[Judged], GateState, int]:
                 for b in rb.bounds
                 if b.reference is not None and b.criterion in ("window", "ratio", "growth")
             }
-        recorded = {g["rule"]: g["accepted"]} | {s["rule"]: s["accepted"] for s in g["shadow"]}
-        mismatches += sum(recorded[r] != verdicts[r] for r in recorded)
-        for rule in RULES:
-            if verdicts[rule]:
-                state = remember(state, rule, Measurement.of(rnd, metrics), keep)
+        mismatches += verdicts[g["rule"]] != g["accepted"]
+        if g["accepted"]:
+            state = remember(state, Measurement.of(rnd, metrics), keep)
         pgd_t = record["metrics"].get("pgd_t_acc", math.nan)
         judged.append(Judged(rnd, metrics, refs, verdicts, warm, g["rule"], pgd_t))
     return judged, state, mismatches
@@ -276,11 +272,11 @@ def main() -> None:
 
 def report(benign: dict[int, Path], attacked: list, args: argparse.Namespace) -> None:
     print("\n=== gate_eval: MNIST conv-small, L_adv = L_crt = 0.1, N_cert 1000, N_val 5000 ===")
-    benign_judged = {}
+    benign_judged, benign_final = {}, {}
     mismatches = 0
     for seed, d in benign.items():
-        judged, _, bad = replay(d)
-        benign_judged[seed] = judged
+        judged, final, bad = replay(d)
+        benign_judged[seed], benign_final[seed] = judged, final
         mismatches += bad
     print("\n-- false rejections of benign rounds (after each rule's warm-up; all rounds) --")
     print(f"{'seed':>4} {'rounds':>6} | {'calibrated':>22} | {'cfat (shadow)':>22}")
@@ -300,7 +296,8 @@ def report(benign: dict[int, Path], attacked: list, args: argparse.Namespace) ->
     attack_judged: dict[tuple[str, str], list[Judged]] = defaultdict(list)
     finals = []
     for policy, timing, seed, enforce, d in attacked:
-        judged, _, bad = replay(d)
+        continued = timing == "late" and policy != "adaptive-cert"
+        judged, _, bad = replay(d, benign_final.get(seed) if continued else None)
         mismatches += bad
         rounds = attack_rounds(d, policy)
         key = (policy, timing, enforce)
@@ -312,7 +309,8 @@ def report(benign: dict[int, Path], attacked: list, args: argparse.Namespace) ->
                     table[key][rule][0] += not j.accepted[rule]
                     table[key][rule][1] += 1
         end = read_rounds(d / "rounds.jsonl")[-1]["metrics"].get("pgd_t_acc", math.nan)
-        finals.append((policy, timing, seed, enforce, end, len(rounds)))
+        kept = sum(j.accepted[enforce] for j in judged)
+        finals.append((policy, timing, seed, enforce, end, f"{len(rounds)}/{kept}/{len(judged)}"))
     for (policy, timing, enforce), cells in sorted(table.items()):
         shown = [f"{b}/{n}" for b, n in (cells[r] for r in RULES)]
         label = "shadow" if enforce == "calibrated" else "enforced"
@@ -350,13 +348,15 @@ def report(benign: dict[int, Path], attacked: list, args: argparse.Namespace) ->
         for seed, js in benign_judged.items()
         if js
     }  # fmt: skip
+    print("   (benign: the benign run of the seed after as many rounds, or at its end for late;")
+    print("    rounds: attacked / accepted / all rounds of the attacked run)")
     print(f"{'policy':<14} {'timing':<6} {'seed':>4} {'enforced':<10} {'attacked':>8} "
-          f"{'benign':>7} {'attack rounds':>13}")  # fmt: skip
+          f"{'benign':>7} {'rounds':>9}")  # fmt: skip
     for policy, timing, seed, enforce, end, n in sorted(finals):
         base = ref_end.get(seed, (math.nan, math.nan))[0 if timing == "early" else 1]
         print(f"{policy:<14} {timing:<6} {seed:>4} {enforce:<10} {fmt(end):>8} {fmt(base):>7} "
-              f"{n:>13}")  # fmt: skip
-    print(f"\nreplayed verdicts differing from the recorded ones: {mismatches}")
+              f"{n:>9}")  # fmt: skip
+    print(f"\nreplayed verdicts of the enforced rule differing from the recorded: {mismatches}")
 
 
 if __name__ == "__main__":
