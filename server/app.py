@@ -167,8 +167,16 @@ def build_strategy(
     measure = CandidateMeasurer(measurer_model, splits.val, splits.cert, cfg, device)
     gate = CertificationGate(robust, measure, cfg.gate)
     if cfg.gate.init_state:
-        gate.load_state_dict(json.loads(Path(cfg.gate.init_state).read_text(encoding="utf-8")))
+        path = existing(cfg.gate.init_state, "gate.init-state")
+        gate.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
     return gate
+
+
+def existing(path: str, key: str) -> Path:
+    """`path` as a Path; a ConfigError naming the run config `key` when no such file exists."""
+    if not Path(path).is_file():
+        raise ConfigError(f"run config key {key!r} = {path!r}: no such file")
+    return Path(path)
 
 
 def check_attack_policy(cfg: RunConfig) -> None:
@@ -190,7 +198,9 @@ def run_server(grid: Grid, cfg: RunConfig, run_id: int) -> Path:
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.name, splits.spec, seed=derive_seed(cfg.seed, "init")).to(device)
     if cfg.init_checkpoint:
-        model.load_state_dict(load_checkpoint(Path(cfg.init_checkpoint))["state_dict"])
+        model.load_state_dict(
+            load_checkpoint(existing(cfg.init_checkpoint, "init-checkpoint"))["state_dict"]
+        )
     initial = model_to_record(model)
     strategy = build_strategy(cfg, initial, splits, device)
     store = RunStore(resolve_run_dir(cfg), cfg)

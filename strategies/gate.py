@@ -33,6 +33,7 @@ from strategies.gate_rule import (
     GateState,
     Measurement,
     judge,
+    metric_names,
     remember,
     rule_bounds,
     with_initial,
@@ -171,7 +172,14 @@ class CertificationGate(Strategy):
             raise ValueError(
                 f"gate state version {d.get('version')!r} is not {STATE_VERSION}; cannot resume"
             )
-        self.state = GateState.from_dict(d["state"])
+        state = GateState.from_dict(d["state"])
+        needed = set(metric_names(self.cfg))
+        for m in (state.initial, *state.accepted):
+            if m is not None and not needed <= dict(m.metrics).keys():
+                missing = ", ".join(sorted(needed - dict(m.metrics).keys()))
+                raise ValueError(f"gate state of round {m.round} lacks {missing}: saved with "
+                                 "other gate.l-crt or gate.metrics; cannot resume")  # fmt: skip
+        self.state = state
 
     def summary(self) -> None:
         self.inner.summary()

@@ -165,3 +165,6 @@ def test_resuming_from_state_dict_decides_as_an_uninterrupted_run() -> None:
     assert resumed.state == whole.state
     with pytest.raises(ValueError, match="version"):
         resumed.load_state_dict({"version": 99, "state": {}})
+    other, _ = _gate(ScriptedStrategy([]), **{"gate.l-crt": "0.2"})
+    with pytest.raises(ValueError, match="cert_loss@0.2"):
+        other.load_state_dict(json.loads(saved))
