@@ -79,8 +79,8 @@ def chunk_size(
     """Points per chunk: the worst case (eps = 1) must fit `budget_bytes`; on CPU the typical
     case (a dry run on 8 points at `eps`) should also fit `cpu_bytes` (48 MiB, which runs
     fastest on torch's 2 threads here), unless that leaves fewer than `cpu_min` points. On a
-    single thread smaller chunks run faster (conv-small at eps 0.1: 2 points per chunk about
-    twice as fast as 8), so the gate's single-threaded workers ask for 16 MiB and no minimum."""
+    single thread smaller chunks run faster (conv-small at eps 0.1: 2-3 points per chunk about
+    twice as fast as 8), so the gate's single-threaded workers ask for 32 MiB and no minimum."""
     chunk = budget_bytes // bytes_per_sample(steps, x[:1], 1.0, method, sound_fp)
     if x.device.type == "cpu":
         typical = bytes_per_sample(steps, x[:8], eps, method, sound_fp)

@@ -56,7 +56,7 @@ from core.training import evaluate
 from strategies.gate_rule import Bound
 
 # certification chunks of a single-threaded worker: small enough to stay near its core's caches
-SINGLE_THREAD_CHUNK_BYTES = 16 * 2**20
+SINGLE_THREAD_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
