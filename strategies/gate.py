@@ -101,7 +101,11 @@ class GateReport:
             "metrics": dict(self.metrics),
             "samples": dict(self.samples),
             "early": self.early,
-            "reference": {c.metric: c.reference for c in self.checks if c.reference is not None},
+            "reference": {  # what each metric's relative bound derives from (not a ceiling's)
+                c.metric: c.reference
+                for c in self.checks
+                if c.reference is not None and c.criterion not in ("ceiling", "floor")
+            },
             "checks": [
                 {
                     "metric": c.metric,

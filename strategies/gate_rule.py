@@ -18,9 +18,10 @@ reference plus `loss-slack`; in the first `warmup-rounds` rounds only the absolu
 `calibrated`. The accepted models in order, v_{m,0} the round-0 model's value of metric m
 (kept while fewer than `gate.history` models were accepted), on a log scale:
 
-    ref_m(i)  = median of the `gate.window` accepted values before i   (robust to one outlier)
-    spread_m  = max_i |log v_{m,i} - log ref_m(i)|   over the history   (how far honest rounds
-                                                                         strayed from theirs)
+    ref_m(i)  = over the `gate.window` accepted models before i: the median of a certified loss
+                (robust to outliers), the largest value of an accuracy (the best recent model)
+    spread_m  = max over the history of |log v_{m,i} - log ref_m(i)|  (how far honest rounds
+                strayed from the reference they met, either way)
     tol_m     = clamp(spread-factor * spread_m, tightest, loosest)  once `window` were accepted,
               = loosest                                               before (warm-up)
     accuracy:        v_m >= ref_m * exp(-tol_m),   exp(-tol) in [acc-ratio-floor, acc-ratio]
@@ -33,11 +34,13 @@ with s = `loss-slack` and accuracies clipped below at 1e-3 inside the logarithms
 certified loss moves by tens of percent between honest rounds and by orders of magnitude under
 gradient masking (measured: README); honest training does not raise it above `loss-ceiling`
 times the untrained model's (it lowers it); the median of W moves only once ceil(W / 2) models in
-the window moved, so a single accepted model cannot move the reference, and a chain of accepted
-models raises it by at most `loss-factor-max` per ceil(W / 2) accepted rounds, never past the
-ceiling. What the defender gives up: an honest model whose certified loss jumps past tol_max or
-the ceiling is skipped; an attack that stays within the tolerances (a slow chain, or the
-adaptive attack matching the certified metrics) passes.
+the window moved, so a single accepted model cannot move the loss reference, and a chain of
+accepted models raises it by at most `loss-factor-max` per ceil(W / 2) accepted rounds, never past
+the ceiling; accuracies are bounded, and a drop from the best recent model is what an attack on
+them shows. What the defender gives up: an honest model whose certified loss jumps past tol_max
+or the ceiling, or whose accuracy drops past tol_max, is skipped; an attack that stays within the
+tolerances (a slow chain, a weak model early in training, or the adaptive attack matching the
+certified metrics) passes.
 """
 
 from __future__ import annotations
@@ -251,26 +254,38 @@ def _sequence(initial: Measurement | None, history: Sequence[Measurement], keep:
     return [*head, *history]
 
 
-def spread(metric: str, sequence: Sequence[Measurement], window: int, slack: float) -> float:
-    """The largest log distance of an accepted model's `metric` from the median of the `window`
-    models accepted before it: how far honest rounds strayed from the reference they met.
+def reference(metric: str, values: Sequence[float]) -> float:
+    """The calibrated rule's reference of a window: the median of certified losses (one model
+    cannot move it), the best (largest) accuracy (bounded by 1, and a drop from the best recent
+    model is what an attack shows; a median lags behind early training's fast rise)."""
+    return statistics.median(values) if is_loss(metric) else max(values)
 
-    >>> ms = [Measurement.of(i, {"cert_loss@0.1": v}) for i, v in enumerate([5.0, 2.0, 2.2, 1.8])]
-    >>> round(spread("cert_loss@0.1", ms[1:], 2, 0.0), 3)  # 1.8 against median(2.0, 2.2)
-    0.154
+
+def spread(metric: str, sequence: Sequence[Measurement], window: int, slack: float) -> float:
+    """The largest log distance of an accepted model's `metric` from the reference of the
+    `window` models accepted before it, either way: how far honest rounds strayed from the
+    reference they met (early training's fast rise counts, and keeps tolerances loose then).
+
+    >>> ms = [Measurement.of(i, {"cert_loss@0.1": v}) for i, v in enumerate([5.0, 2.0, 2.2, 2.4])]
+    >>> round(spread("cert_loss@0.1", ms[1:], 2, 0.0), 3)  # 2.4 against median(2.0, 2.2)
+    0.134
+    >>> ms = [Measurement.of(i, {"pgd_acc": v}) for i, v in enumerate([0.8, 0.9, 0.85])]
+    >>> round(spread("pgd_acc", ms, 2, 0.0), 3)  # 0.9 against max(0.8)
+    0.118
     """
-    devs = [0.0]
+    steps = [0.0]
     for i in range(1, len(sequence)):
-        ref = statistics.median(m.value(metric) for m in sequence[max(0, i - window) : i])
+        ref = reference(metric, [m.value(metric) for m in sequence[max(0, i - window) : i]])
         value = sequence[i].value(metric)
-        devs.append(abs(_log(metric, value, slack) - _log(metric, ref, slack)))
-    return max(devs)
+        steps.append(abs(_log(metric, value, slack) - _log(metric, ref, slack)))
+    return max(steps)
 
 
 def calibrated_bounds(
     initial: Measurement | None, history: Sequence[Measurement], cfg: GateConfig, server_round: int
 ) -> RuleBounds:
-    """The calibrated rule (module docstring): window median, learned log tolerance, ceiling."""
+    """The calibrated rule (module docstring): window reference, learned log tolerance,
+    ceiling."""
     sequence = _sequence(initial, history, cfg.history)
     bounds = _floors(cfg)
     if not sequence:  # nothing measured yet: the gate measures round 0 first, so floors only
@@ -278,7 +293,7 @@ def calibrated_bounds(
     learned = len(history) >= cfg.window
     s = cfg.loss_slack
     for m in metric_names(cfg):
-        ref = statistics.median(w.value(m) for w in sequence[-cfg.window :])
+        ref = reference(m, [w.value(m) for w in sequence[-cfg.window :]])
         tol = tolerance(m, spread(m, sequence, cfg.window, s), cfg, learned)
         if is_loss(m):
             bounds.append(Bound(m, (ref + s) * math.exp(tol) - s, "max", "window", ref))

@@ -106,10 +106,15 @@ def test_calibrated_reference_is_the_window_median_and_tolerance_is_learned() ->
     window = [w["cert_loss@0.1"] for w in _benign_history(7)[-5:]]
     loss = next(b for b in rb.bounds if b.metric == "cert_loss@0.1" and b.criterion == "window")
     assert math.isclose(loss.reference, sorted(window)[2])
-    # tolerance = 2 x the largest log distance of one model from the median before it
-    # (0.9 after the median 1.05 of 1.0 and 1.1: log 1.05/0.9), well inside [log 1.1, log 4]
+    # tolerance = 2 x the largest log distance of one model's loss from the median before it
+    # (0.9 after the median 1.05 of 1.0 and 1.1: log 1.05/0.9), inside [log 1.1, log 4]
     growth = (loss.bound + cfg.loss_slack) / (loss.reference + cfg.loss_slack)
     assert math.isclose(growth, (1.05 / 0.9) ** 2, rel_tol=1e-3)
+    # accuracies: the reference is the best of the window, the tolerance 2 x the largest
+    # distance from the best before (0.9 after 1.1)
+    acc = next(b for b in rb.bounds if b.metric == "cert_acc@0.1" and b.criterion == "window")
+    assert math.isclose(acc.reference, 0.40 * 1.1)
+    assert math.isclose(acc.bound, acc.reference * (0.9 / 1.1) ** 2, rel_tol=1e-6)
     honest = dict(REFERENCE, **{"cert_loss@0.1": 2.0 * 1.15, "cert_acc@0.1": 0.40 * 0.85})
     assert decide(honest, state, cfg, 8).accepted
     masked = dict(REFERENCE, **{"cert_loss@0.1": 2.0 * 100})
