@@ -12,6 +12,11 @@ cifar-cnn with N_cert 100 and N_val 5000 (10 clients, 5 per round). Per round it
 training time (sending the model to having every reply), the gate's time (without the one-off
 measurement of the initial model, shown apart), the busy seconds of each check, and what the
 early verdict saved.
+
+With --direct (for slow setups: `--schedulers pool --direct`), the last simulation's final model
+is then measured in this process by each path in turn, the same candidate for all: serial
+(before), pool measuring in full, and pool with an early verdict against the calibrated rule's
+bounds for a run whose recent models all measured like this one.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--schedulers", default="serial,pool")
     p.add_argument("--extra", default="", help="more run-config overrides")
+    p.add_argument("--direct", action="store_true", help="also time each path on one model")
     p.add_argument("--data-dir", default=os.environ.get("CERTFL_DATA", "../shared/data"))
     args = p.parse_args()
     rows = {}
+    direct = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scheduler in args.schedulers.split(","):
             config = (
@@ -59,6 +66,8 @@ def main() -> None:
             if proc.returncode or not path.is_file():
                 sys.exit(proc.stdout[-3000:])
             rows[scheduler] = read_rounds(path)[1:]
+        if args.direct:
+            direct = time_paths(path.parent, args.data_dir)
     print(f"{args.dataset}: {SETUPS[args.dataset]}, {CLIENTS[args.dataset]} clients, 5 per round")
     print(f"{'scheduler':>9} {'round':>5} {'train s':>8} {'gate s':>7} {'gate/train':>10} "
           f"{'initial s':>9}  busy seconds per check; early verdict")  # fmt: skip
@@ -86,6 +95,51 @@ def main() -> None:
               f"gate/training {gate_s / train_s:.2f}")  # fmt: skip
     if {"serial", "pool"} <= summary.keys():
         print(f"pool vs serial gate time: {summary['serial'][0] / summary['pool'][0]:.1f}x faster")
+    train_s = statistics.median(t for _, t in summary.values()) if summary else float("nan")
+    for path, (seconds, busy, early) in direct.items():
+        print(f"direct, final model: {path:<11} {seconds:7.1f}s  gate/training "
+              f"{seconds / train_s:5.2f}  ({busy}; {early or 'measured in full'})")  # fmt: skip
+
+
+def time_paths(run_dir: Path, data_dir: str) -> dict[str, tuple[float, str, str]]:
+    """Wall seconds of each measuring path on the run's final model (the same candidate)."""
+    import json
+    import time
+
+    import torch
+
+    from core.config import RunConfig
+    from core.data import load_splits
+    from core.models import build_model
+    from core.params import model_to_record
+    from server.run_store import load_checkpoint
+    from strategies.gate_measure import CandidateMeasurer
+    from strategies.gate_rule import GateState, Measurement, remember, rule_bounds, with_initial
+
+    flat = json.loads((run_dir / "config.json").read_text()) | {"data.dir": data_dir}
+    base = RunConfig.from_flat(flat)
+    splits = load_splits(base.data)
+    model = build_model(base.model.name, splits.spec)
+    model.load_state_dict(load_checkpoint(run_dir / "final.pt")["state_dict"])
+    arrays = model_to_record(model)
+    out, bounds = {}, ()
+    for path, scheduler in (("serial", "serial"), ("pool-full", "pool"), ("pool-early", "pool")):
+        cfg = RunConfig.from_flat(flat | {"gate.scheduler": scheduler})
+        measure = CandidateMeasurer(
+            build_model(base.model.name, splits.spec), splits.val, splits.cert, cfg,
+            torch.device("cpu"),
+        )  # fmt: skip
+        start = time.perf_counter()
+        r = measure(arrays, 1, bounds if path == "pool-early" else ())
+        seconds = time.perf_counter() - start
+        busy = ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items() if k != "wall")
+        out[path] = (seconds, busy, r.early)
+        if path == "pool-full":  # a calm history of models measuring like this one
+            state = with_initial(GateState(), Measurement.of(0, r.metrics))
+            for i in range(1, cfg.gate.window + 1):
+                state = remember(state, Measurement.of(i, r.metrics), cfg.gate.history)
+            bounds = rule_bounds("calibrated", state, cfg.gate, cfg.gate.window + 1).bounds
+    return out
 
 
 if __name__ == "__main__":
