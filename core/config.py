@@ -262,11 +262,12 @@ class GateConfig(_Section):
     `cfat` (CFAT Sec. 3): accuracies must reach `acc-ratio` times the last accepted model's and
     each certified loss may grow to at most (1 + loss-growth) times its reference plus
     `loss-slack`; only floors in the first `warmup-rounds` rounds. `calibrated` (the default):
-    the median of the last `window` accepted models (the round-0 model while they are fewer) is
-    the reference, tolerances on a log scale are learned from the window's spread
-    (`spread-factor`) within [tightest, loosest] = [acc-ratio, acc-ratio-floor] for accuracies and
-    [1 + loss-growth, loss-factor-max] for certified losses, which also never exceed
-    `loss-ceiling` times the round-0 model's. Floors apply in every round under both rules.
+    over the last `window` accepted models (the round-0 model included early on) the reference
+    is the median certified loss and the best accuracy; tolerances on a log scale are
+    `spread-factor` times how far the last `history` accepted models strayed from theirs, within
+    [tightest, loosest] = [acc-ratio, acc-ratio-floor] for accuracies and [1 + loss-growth,
+    loss-factor-max] for certified losses, which also never exceed `loss-ceiling` times the
+    round-0 model's. Floors apply in every round under both rules.
     """
 
     enabled: bool = True
