@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--schedulers", default="serial,pool")
     p.add_argument("--extra", default="", help="more run-config overrides")
     p.add_argument("--direct", action="store_true", help="also time each path on one model")
+    p.add_argument("--direct-paths", default="serial,pool-full,pool-early")
     p.add_argument("--data-dir", default=os.environ.get("CERTFL_DATA", "../shared/data"))
     args = p.parse_args()
     rows = {}
@@ -67,7 +68,7 @@ def main() -> None:
                 sys.exit(proc.stdout[-3000:])
             rows[scheduler] = read_rounds(path)[1:]
         if args.direct:
-            direct = time_paths(path.parent, args.data_dir)
+            direct = time_paths(path.parent, args.data_dir, args.direct_paths.split(","))
     print(f"{args.dataset}: {SETUPS[args.dataset]}, {CLIENTS[args.dataset]} clients, 5 per round")
     print(f"{'scheduler':>9} {'round':>5} {'train s':>8} {'gate s':>7} {'gate/train':>10} "
           f"{'initial s':>9}  busy seconds per check; early verdict")  # fmt: skip
@@ -101,7 +102,7 @@ def main() -> None:
               f"{seconds / train_s:5.2f}  ({busy}; {early or 'measured in full'})")  # fmt: skip
 
 
-def time_paths(run_dir: Path, data_dir: str) -> dict[str, tuple[float, str, str]]:
+def time_paths(run_dir: Path, data_dir: str, paths: list[str]) -> dict[str, tuple[float, str, str]]:
     """Wall seconds of each measuring path on the run's final model (the same candidate)."""
     import json
     import time
@@ -123,8 +124,11 @@ def time_paths(run_dir: Path, data_dir: str) -> dict[str, tuple[float, str, str]
     model.load_state_dict(load_checkpoint(run_dir / "final.pt")["state_dict"])
     arrays = model_to_record(model)
     out, bounds = {}, ()
-    for path, scheduler in (("serial", "serial"), ("pool-full", "pool"), ("pool-early", "pool")):
-        cfg = RunConfig.from_flat(flat | {"gate.scheduler": scheduler})
+    schedulers = {"serial": "serial", "pool-full": "pool", "pool-early": "pool"}
+    if "pool-early" in paths and "pool-full" not in paths:
+        paths = [*paths, "pool-full"]  # its metrics make the bounds of the early verdict
+    for path in sorted(paths, key=list(schedulers).index):
+        cfg = RunConfig.from_flat(flat | {"gate.scheduler": schedulers[path]})
         measure = CandidateMeasurer(
             build_model(base.model.name, splits.spec), splits.val, splits.cert, cfg,
             torch.device("cpu"),
