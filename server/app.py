@@ -7,6 +7,7 @@ measures the global model, writes the round record and checkpoints, and logs one
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from logging import ERROR, INFO
 from pathlib import Path
@@ -26,10 +27,11 @@ from core.params import model_to_record, record_to_state
 from core.seeds import derive_seed
 from server.checkpoint import ResumePoint, check_resumable, load_resume_point, model_arrays
 from server.evaluation import CentralEvaluator, eval_subset
-from server.rounds import RoundLimits, run_rounds
-from server.run_store import RunStore, resolve_run_dir
+from server.rounds import RoundLimits, RoundOutcome, run_rounds
+from server.run_store import RunStore, load_checkpoint, resolve_run_dir
 from strategies.crfl import CRFLStrategy
-from strategies.gate import CandidateMeasurer, CertificationGate
+from strategies.gate import CertificationGate
+from strategies.gate_measure import CandidateMeasurer
 from strategies.robust import RobustStrategy, RoundReport, required_nodes
 
 app = ServerApp()
@@ -84,17 +86,17 @@ class RoundRecorder:
         """Continue after `point`: its metrics stand for the model until it changes."""
         self._last_metrics = dict(point.metrics)
 
-    def __call__(self, server_round: int, arrays: ArrayRecord, report: RoundReport) -> None:
+    def __call__(self, server_round: int, arrays: ArrayRecord, outcome: RoundOutcome) -> None:
         """Record round `server_round` (0: the initial model), whose global model is `arrays`."""
         start = time.perf_counter()
-        if server_round > 0 and not report.aggregated:
+        if server_round > 0 and not outcome.changed:
             metrics = self._last_metrics  # the global model is unchanged: no need to measure
         else:
             metrics = self.evaluator(arrays, server_round)
             self.store.save_checkpoint(record_to_state(arrays), server_round, metrics)
         eval_s = time.perf_counter() - start
         self._last_metrics = metrics
-        record = round_record(self.cfg, report, metrics, eval_s) | {"model_sha256": digest(arrays)}
+        record = round_record(self.cfg, outcome, metrics, eval_s) | {"model_sha256": digest(arrays)}
         line = self.store.stamp(record)
         truth = self.truth.upto(server_round)
         # the resume point first: a round recorded without one is dropped and played again
@@ -116,12 +118,12 @@ class RoundRecorder:
 
 
 def round_record(
-    cfg: RunConfig, report: RoundReport, metrics: dict[str, float], eval_s: float
+    cfg: RunConfig, outcome: RoundOutcome, metrics: dict[str, float], eval_s: float
 ) -> dict:
     """The round's record (schema in server/run_store.py) without the model digest."""
-    r = report
-    gate_s = r.gate["seconds"] if r.gate else 0.0
-    initial = r.round == 0
+    r, gate = outcome.report, outcome.gate
+    gate_s = gate.seconds if gate else 0.0
+    rejected = gate is not None and not gate.accepted
     return {
         "round": r.round,
         "rule": cfg.agg.rule,
@@ -130,8 +132,8 @@ def round_record(
         "received": r.received,
         "accepted": r.accepted,
         "failures": r.failures,
-        "aggregated": initial or r.aggregated,
-        "skip_reason": r.skip_reason,
+        "aggregated": r.round == 0 or outcome.changed,
+        "skip_reason": "gate: " + ", ".join(gate.failed) if rejected else r.skip_reason,
         "timings": {
             "wait_s": r.wait_seconds,
             "train_s": r.train_seconds,
@@ -142,7 +144,7 @@ def round_record(
         },
         "client": r.client_metrics,
         "metrics": metrics,
-        "gate": r.gate,
+        "gate": gate.to_record() if gate else None,
     }
 
 
@@ -180,13 +182,24 @@ def build_strategy(
     cfg: RunConfig, initial: ArrayRecord, splits: Splits, device: torch.device
 ) -> RobustStrategy | CertificationGate:
     """The robust strategy (with CRFL's server step when `crfl.enabled`), wrapped by the
-    certification gate when `gate.enabled`."""
+    certification gate when `gate.enabled` (continuing from `gate.init-state` when set)."""
     robust = (CRFLStrategy if cfg.crfl.enabled else RobustStrategy)(cfg, initial)
     if not cfg.gate.enabled:
         return robust
     measurer_model = build_model(cfg.model.name, splits.spec).to(device)
     measure = CandidateMeasurer(measurer_model, splits.val, splits.cert, cfg, device)
-    return CertificationGate(robust, measure, cfg)
+    gate = CertificationGate(robust, measure, cfg.gate)
+    if cfg.gate.init_state:
+        path = existing(cfg.gate.init_state, "gate.init-state")
+        gate.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
+    return gate
+
+
+def existing(path: str, key: str) -> Path:
+    """`path` as a Path; a ConfigError naming the run config `key` when no such file exists."""
+    if not Path(path).is_file():
+        raise ConfigError(f"run config key {key!r} = {path!r}: no such file")
+    return Path(path)
 
 
 def run_server(grid: Grid, cfg: RunConfig, run_id: int) -> Path:
@@ -203,6 +216,10 @@ def run_server(grid: Grid, cfg: RunConfig, run_id: int) -> Path:
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.name, splits.spec, seed=derive_seed(cfg.seed, "init")).to(device)
+    if cfg.init_checkpoint:
+        model.load_state_dict(
+            load_checkpoint(existing(cfg.init_checkpoint, "init-checkpoint"))["state_dict"]
+        )
     initial = model_to_record(model)
     strategy = build_strategy(cfg, initial, splits, device)
     evaluator = CentralEvaluator(
@@ -229,7 +246,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_id: int) -> Path:
     strategy.summary()
     try:
         if point is None:
-            record(0, initial, RoundReport(round=0))
+            record(0, initial, RoundOutcome(RoundReport(round=0)))
         run_rounds(grid, strategy, arrays, range(first, cfg.num_rounds + 1), limits, record)
         store.save_ground_truth(record.truth.upto(cfg.num_rounds))
         store.finish()

@@ -28,10 +28,25 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from strategies.gate import CertificationGate, GateReport
 from strategies.replies import NO_REPLY
 from strategies.robust import RoundReport
 
-RecordFn = Callable[[int, ArrayRecord, RoundReport], None]
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one round did: the robust strategy's report and, under a gate, the gate's."""
+
+    report: RoundReport
+    gate: GateReport | None = None  # None without a gate, or when no candidate came out
+
+    @property
+    def changed(self) -> bool:
+        """Whether the round produced a new global model (aggregated and not gated out)."""
+        return self.report.aggregated and (self.gate is None or self.gate.accepted)
+
+
+RecordFn = Callable[[int, ArrayRecord, RoundOutcome], None]
 
 
 @dataclass(frozen=True)
@@ -116,9 +131,9 @@ def _from_destination(reply: Message, sent: Message) -> Message:
 
 def play_round(
     grid: Grid, strategy, server_round: int, arrays: ArrayRecord, limits: RoundLimits
-) -> tuple[ArrayRecord, RoundReport]:
+) -> tuple[ArrayRecord, RoundOutcome]:
     """One round: wait for nodes, sample, send, collect, aggregate. Returns the global model
-    after the round (the same one when it was skipped) and the round's report."""
+    after the round (the same one when it was skipped) and what the round did."""
     start = time.perf_counter()
     nodes = wait_for_nodes(grid, limits.min_nodes, limits.min_nodes_timeout, limits.poll_s)
     waited = time.perf_counter() - start
@@ -128,12 +143,16 @@ def play_round(
             f"after {limits.min_nodes_timeout:g}s (train.min-nodes-timeout)"
         )
         log(WARNING, "[certfl] round %d skipped: %s", server_round, reason)
-        return arrays, RoundReport(round=server_round, skip_reason=reason, wait_seconds=waited)
+        report = RoundReport(round=server_round, skip_reason=reason, wait_seconds=waited)
+        return arrays, RoundOutcome(report)
     messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
     replies = exchange(grid, messages, limits.round_timeout, limits.poll_s)
     candidate, _ = strategy.aggregate_train(server_round, replies)
-    report = replace(strategy.last_report, wait_seconds=waited)
-    return (arrays if candidate is None else candidate), report
+    gated = isinstance(strategy, CertificationGate)
+    robust = strategy.inner if gated else strategy
+    report = replace(robust.last_report, wait_seconds=waited)
+    outcome = RoundOutcome(report, strategy.last_report if gated else None)
+    return (arrays if candidate is None else candidate), outcome
 
 
 def run_rounds(
@@ -145,14 +164,16 @@ def run_rounds(
     record: RecordFn,
 ) -> ArrayRecord:
     """Play `rounds` in order starting from the global model `arrays`; after each, `record`
-    gets the round number, the global model and the report. Returns the final global model.
+    gets the round number, the global model and the round's outcome. Returns the final global
+    model.
 
-    `strategy` is a RobustStrategy or a CertificationGate: Flower's `configure_train` and
-    `aggregate_train`, and the report of the round in `last_report`.
+    `strategy` is a RobustStrategy, or a CertificationGate around one: Flower's
+    `configure_train` and `aggregate_train`; the robust strategy's `last_report` and the gate's
+    `last_report` are the round's frozen reports.
     """
     for server_round in rounds:
         log(INFO, "")
         log(INFO, "[ROUND %s/%s]", server_round, rounds.stop - 1)
-        arrays, report = play_round(grid, strategy, server_round, arrays, limits)
-        record(server_round, arrays, report)
+        arrays, outcome = play_round(grid, strategy, server_round, arrays, limits)
+        record(server_round, arrays, outcome)
     return arrays

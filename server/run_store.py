@@ -30,10 +30,16 @@ Round record schema (`ROUND_SCHEMA_VERSION` 2):
         cert_acc@<eps>, cert_loss@<eps>, and the THREAT_METRICS of server/threat_metrics.py,
         e.g. tp_confidence, tp_accuracy on D_M} of the global model after the round,
     model_sha256:str, digest of the global model's arrays (equal = bit-identical),
-    gate: null without the certification gate, else {accepted:bool, warmup:bool, seconds,
+    gate: null without the certification gate or without a candidate, else the gate's
+        report (strategies/gate.py `GateReport.to_record`): {rule:str, accepted:bool,
+        warmup:bool, seconds (the gate's time, round-0 measurement included),
         metrics:{clean_acc, pgd_acc, cert_acc@<eps>, cert_loss@<eps>} of the candidate,
-        reference:{same keys} of the last accepted model or null,
-        checks:[{metric, value, reference, bound, criterion, passed}], failed:[str]}
+        samples:{same keys: points measured}, early:str (why measuring stopped early, or ""),
+        reference:{metric: the value its bound derives from},
+        checks:[{metric, value, reference, bound, criterion, passed}], failed:[str],
+        timings:{clean, pgd, cert@<eps>: busy seconds, wall, initial},
+        shadow:[{rule, accepted, failed}] (rules judged but not enforced),
+        initial:{metrics} of the model the run started from when measured in this round, else null}
 Checkpoints are `torch.save` dicts: {model:str, state_dict:dict, config:dict (flat), round:int,
 metrics:dict}; `load_checkpoint` reads them back.
 """

@@ -47,7 +47,6 @@ class RoundReport:
     train_seconds: float = 0.0  # from sending the model to having all replies
     aggregate_seconds: float = 0.0
     client_metrics: dict[str, float] = field(default_factory=dict)
-    gate: dict | None = None  # the certification gate's decision, when a gate wraps the strategy
 
 
 def required_nodes(cfg: RunConfig) -> int:

@@ -99,7 +99,8 @@ def test_a_round_with_lost_and_silent_nodes_records_them_and_aggregates_the_rest
     strategy, model = _strategy(**{"train.clients-per-round": 4})
     grid = StubGrid({1: "train", 2: "train", 3: "lost", 4: "silent"})
     limits = RoundLimits(min_nodes=2, min_nodes_timeout=1.0, round_timeout=0.2, poll_s=0.05)
-    arrays, report = play_round(grid, strategy, 1, model, limits)
+    arrays, outcome = play_round(grid, strategy, 1, model, limits)
+    report = outcome.report
     assert report.aggregated and report.accepted == 2
     assert (report.sampled, report.nodes, report.received) == (4, [1, 2, 3, 4], 2)
     reasons = {f.node_id: f.reason for f in report.failures}
@@ -111,7 +112,8 @@ def test_a_round_without_enough_nodes_is_skipped_after_the_wait() -> None:
     strategy, model = _strategy(**{"train.clients-per-round": 4})
     grid = StubGrid({1: "train"})
     limits = RoundLimits(min_nodes=3, min_nodes_timeout=0.2, round_timeout=5.0, poll_s=0.05)
-    arrays, report = play_round(grid, strategy, 2, model, limits)
+    arrays, outcome = play_round(grid, strategy, 2, model, limits)
+    report = outcome.report
     assert arrays is model and not report.aggregated and report.sampled == 0
     assert "1 of the 3 nodes needed (train.min-nodes)" in report.skip_reason
     assert report.wait_seconds >= 0.2
@@ -121,5 +123,5 @@ def test_fewer_nodes_than_clients_per_round_samples_all_connected() -> None:
     strategy, model = _strategy(**{"train.clients-per-round": 5})
     grid = StubGrid({7: "train", 9: "train"})
     limits = RoundLimits(min_nodes=1, min_nodes_timeout=1.0, round_timeout=1.0, poll_s=0.05)
-    _, report = play_round(grid, strategy, 1, model, limits)
+    report = play_round(grid, strategy, 1, model, limits)[1].report
     assert report.nodes == [7, 9] and report.accepted == 2 and report.aggregated
