@@ -96,10 +96,11 @@ def triggered_points(
     their labels, the target class and the trigger's L2 norm; None for other runs."""
     if cfg.roles.attack != "backdoor":
         return None
-    from attacks.backdoor import apply_trigger, backdoor_target, stripe_trigger, trigger_magnitude
+    from attacks.backdoor import BackdoorParams, apply_trigger, stripe_trigger
 
-    trigger = stripe_trigger(spec, trigger_magnitude(cfg))
-    target = backdoor_target(cfg, spec)
+    params = BackdoorParams.of(cfg)
+    trigger = stripe_trigger(spec, params.trigger_magnitude)
+    target = params.backdoor_target
     keep = y != target
     return apply_trigger(x[keep], trigger), y[keep], target, float(trigger.norm())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.config import ConfigError, NodeConfig, RolesConfig
+from core.policy_params import check_policy_name
 
 BENIGN = "benign"
 FL_WBC = "fl-wbc"
@@ -17,10 +18,12 @@ ATTACK_PREFIX = "attack:"
 
 
 def validate_role(role: str) -> str:
-    """Return `role` if well formed, else raise ConfigError saying what is allowed."""
-    if role in (BENIGN, FL_WBC) or (
-        role.startswith(ATTACK_PREFIX) and len(role) > len(ATTACK_PREFIX)
-    ):
+    """Return `role` if well formed and naming a registered policy, else raise ConfigError
+    saying what is allowed."""
+    if role in (BENIGN, FL_WBC):
+        return role
+    if role.startswith(ATTACK_PREFIX) and len(role) > len(ATTACK_PREFIX):
+        check_policy_name(role[len(ATTACK_PREFIX) :], f"node config key 'role' = {role!r}: policy")
         return role
     raise ConfigError(
         f"node config key 'role' = {role!r}: expected 'benign', 'fl-wbc' or 'attack:<policy>'"
@@ -36,15 +39,10 @@ def assign_roles(num_partitions: int, cfg: RolesConfig, seed: int) -> list[str]:
     """Seeded roles of all partitions: round(fraction * N) malicious, then FL-WBC, rest benign."""
     n_mal = round(cfg.malicious_fraction * num_partitions)
     n_wbc = round(cfg.fl_wbc_fraction * num_partitions)
-    if n_mal and not cfg.attack:
-        raise ConfigError(
-            f"run config key 'roles.malicious-fraction' = {cfg.malicious_fraction} needs "
-            "'roles.attack' to name a policy"
-        )
-    if n_mal + n_wbc > num_partitions:
+    if n_mal + n_wbc > num_partitions:  # fractions within 1 (checked at parse) can round over
         raise ConfigError(
             f"roles.malicious-fraction ({cfg.malicious_fraction}) + roles.fl-wbc-fraction "
-            f"({cfg.fl_wbc_fraction}) exceed 1"
+            f"({cfg.fl_wbc_fraction}) round to {n_mal} + {n_wbc} of {num_partitions} partitions"
         )
     order = np.random.default_rng([seed, 0x501E5]).permutation(num_partitions)
     roles = [BENIGN] * num_partitions
@@ -57,6 +55,6 @@ def assign_roles(num_partitions: int, cfg: RolesConfig, seed: int) -> list[str]:
 
 def resolve_role(node: NodeConfig, cfg: RolesConfig, seed: int) -> str:
     """The node's role: its node config's `role` if set, else the seeded simulation assignment."""
-    if node.role:
-        return validate_role(node.role)
+    if node.role:  # validated when the node config was parsed
+        return node.role
     return assign_roles(node.num_partitions, cfg, seed)[node.partition_id]

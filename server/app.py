@@ -17,8 +17,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from attacks.collusion import channel_root, read_ledger
-from attacks.registry import known_policies
-from core.config import ConfigError, RunConfig
+from attacks.registry import load_policies
+from core.config import RunConfig
 from core.data import Splits, load_splits
 from core.device import resolve_device
 from core.models import build_model
@@ -36,6 +36,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point Flower calls, in simulation and in deployment alike."""
+    load_policies()  # registers the policies' names and `attack.*` keys before parsing
     try:
         cfg = RunConfig.from_flat(context.run_config)
     except ValueError as err:
@@ -151,21 +152,11 @@ def build_strategy(
     return CertificationGate(robust, measure, cfg)
 
 
-def check_attack_policy(cfg: RunConfig) -> None:
-    """Fail at start, naming the key, when `roles.attack` names no registered policy."""
-    if cfg.roles.attack and cfg.roles.attack not in known_policies():
-        raise ConfigError(
-            f"run config key 'roles.attack' = {cfg.roles.attack!r}: unknown policy; "
-            f"allowed: {', '.join(known_policies())}"
-        )
-
-
 def run_server(grid: Grid, cfg: RunConfig, run_id: int) -> Path:
     """Run `cfg.num_rounds` rounds of Flower run `run_id` on `grid`; return the run directory.
 
     Afterwards the colluders' ground truth, when their channel is reachable from here, is copied
     into the run directory for evaluation; the strategy never sees it."""
-    check_attack_policy(cfg)
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.name, splits.spec, seed=derive_seed(cfg.seed, "init")).to(device)

@@ -43,8 +43,7 @@ class CandidateMeasurer:
 
     @property
     def l_adv(self) -> float:
-        g = self.cfg.gate
-        return self.cfg.train.adv_eps if g.l_adv < 0 else g.l_adv
+        return self.cfg.gate.l_adv
 
     def __call__(self, arrays: ArrayRecord, server_round: int) -> dict[str, float]:
         """clean_acc, pgd_acc, and cert_acc@eps / cert_loss@eps for every L_crt."""

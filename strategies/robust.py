@@ -88,12 +88,11 @@ class RobustStrategy(FedAvg):
                 f"run config key 'agg.rule' = {cfg.agg.rule!r} with "
                 f"train.clients-per-round = {k}: {err}"
             ) from None
-        min_nodes = cfg.train.min_nodes or k
         super().__init__(
             fraction_train=1.0,  # unused: configure_train samples exactly k nodes itself
             fraction_evaluate=0.0,  # the server evaluates centrally
             min_train_nodes=k,
-            min_available_nodes=min_nodes,
+            min_available_nodes=cfg.train.min_nodes,
         )
         self.cfg = cfg
         self.rule = RULES[cfg.agg.rule]
