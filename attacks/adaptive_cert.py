@@ -25,8 +25,8 @@ from attacks.distillation import DistillationParams, distill, pooled_data
 from attacks.registry import register
 from certify import certified_margins, certify_dataset
 from certify.metrics import eval_mode
-from core.data import ImageSet, to_float
 from core.config_base import param
+from core.data import ImageSet, to_float
 from core.job import LocalJob, LocalResult
 from core.models import build_model
 from core.policy_params import PolicyParams

@@ -7,9 +7,9 @@ replaces G by R when the benign updates are near zero. N colluders share it, gam
 
 from __future__ import annotations
 
-import torch
-
 from typing import Any
+
+import torch
 
 from attacks.collusion import Coalition
 from core.config import RunConfig

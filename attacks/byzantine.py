@@ -120,7 +120,9 @@ def _colluders_updates(job: LocalJob, coalition: Coalition, key: str) -> torch.T
 @register("sign-flip", params=(SignFlipParams,))
 def sign_flip_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply G - c (U - G) with U this client's benign model, c = `attack.flip-scale`."""
-    return reply_with_update(job, sign_flip(_own_update(job), SignFlipParams.of(job.cfg).flip_scale))
+    return reply_with_update(
+        job, sign_flip(_own_update(job), SignFlipParams.of(job.cfg).flip_scale)
+    )
 
 
 @register("gaussian", params=(GaussianParams,))

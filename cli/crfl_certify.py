@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.registry import load_policies
 from certify.crfl import (
     RadiusConstants,
     certified_radius,
@@ -111,6 +112,7 @@ def certify_run(
     """Certify `run_dir/final.pt` on `n_test` test points (0: eval.n-test); a JSON-able summary
     with the constants, their sources and every point's certificate (clean and triggered)."""
     ckpt = load_checkpoint(run_dir / "final.pt")
+    load_policies()  # the run config names the policies' `attack.*` keys
     cfg = RunConfig.from_flat({**ckpt["config"], **overrides})
     constants, notes = radius_constants(cfg, read_rounds(run_dir / "rounds.jsonl"))
     splits = load_splits(cfg.data)

@@ -15,9 +15,9 @@ import functools
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from attacks.registry import load_policies
 from client.fl_wbc import fl_wbc_update
 from client.local import benign_update, limit_threads
-from attacks.registry import load_policies
 from client.malicious import malicious_update
 from core.config import NodeConfig, RunConfig
 from core.job import LocalJob, LocalResult
@@ -38,7 +38,7 @@ def _run_config(items: tuple) -> RunConfig:
 def node_role(cfg: RunConfig, node: NodeConfig) -> str:
     """This node's role; a policy its node config chooses must read every `attack.*` key
     the run config sets (roles.attack's policy was checked when the config was parsed)."""
-    role = node_role(cfg, node)
+    role = resolve_role(node, cfg.roles, cfg.seed)
     name = attack_name(role)
     if node.role and name is not None and name != cfg.roles.attack:
         check_policy_reads(cfg, name, "node config key 'role'")

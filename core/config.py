@@ -321,9 +321,7 @@ class CRFLConfig(Section):
     bound: Literal["hoeffding", "clopper-pearson"] = param(
         "hoeffding", "hoeffding (CRFL code) | clopper-pearson (exact binomial)"
     )
-    t_adv: int = param(
-        0, "attack round t_adv (0 -> roles.attack-start-round)", sentinel=0, ge=0
-    )
+    t_adv: int = param(0, "attack round t_adv (0 -> roles.attack-start-round)", sentinel=0, ge=0)
     n_attackers: int = param(
         0,
         "R (0 -> round(roles.malicious-fraction * train.clients-per-round), at least 1)",
@@ -599,7 +597,9 @@ def _validate(model: type[M], flat: Mapping[str, Any], what: str) -> M:
             elif e["type"] == "extra_forbidden":
                 hint = ""
                 if key.startswith("attack.") and not registered_groups():
-                    hint = " (no policy parameters are registered: attacks.registry.load_policies())"
+                    hint = (
+                        " (no policy parameters are registered: attacks.registry.load_policies())"
+                    )
                 lines.append(f"{what} key {key!r} is unknown{hint}")
             elif e["type"] == "missing":
                 lines.append(f"{what} key {key!r} is required")

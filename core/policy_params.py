@@ -1,4 +1,4 @@
-"""The parameters of plugged-in client policies, declared and registered by the code that reads them.
+"""The parameters of plugged-in client policies, declared and registered by the code reading them.
 
 `core` knows no attack. Each policy module (attacks/) declares its parameters as a
 `PolicyParams` subclass, whose fields are the run-config keys `attack.<field>`, and registers

@@ -86,11 +86,26 @@ def test_every_sentinel_is_resolved_in_the_parsed_config(dataset: str) -> None:
             parse_time.append(key)
             assert flat[key] != sentinel, f"{key} = {sentinel!r} was not resolved"
     assert sorted(parse_time) == [
-        "attack.boost", "attack.distill-temperature", "attack.edge-fraction",
-        "attack.edge-samples", "attack.extract-epochs", "attack.trigger-magnitude",
-        "crfl.agg-weight", "crfl.gamma", "crfl.lr", "crfl.lz", "crfl.n-attackers",
-        "crfl.poison-fraction", "crfl.t-adv", "data.dir", "data.n-cert", "eval.adv-eps",
-        "eval.temperature", "gate.l-adv", "roles.attack-end-round", "train.adv-step-size",
+        "attack.boost",
+        "attack.distill-temperature",
+        "attack.edge-fraction",
+        "attack.edge-samples",
+        "attack.extract-epochs",
+        "attack.trigger-magnitude",
+        "crfl.agg-weight",
+        "crfl.gamma",
+        "crfl.lr",
+        "crfl.lz",
+        "crfl.n-attackers",
+        "crfl.poison-fraction",
+        "crfl.t-adv",
+        "data.dir",
+        "data.n-cert",
+        "eval.adv-eps",
+        "eval.temperature",
+        "gate.l-adv",
+        "roles.attack-end-round",
+        "train.adv-step-size",
         "train.min-nodes",
     ]
     assert sorted(run_time) == [
@@ -145,7 +160,8 @@ def test_overrides_reach_nested_sections() -> None:
         # checks across keys, at parse time
         ({"roles.attack": "backdoor", "attack.backdoor-target": 10},
          ["'attack.backdoor-target' = 10", "must be < 10", "mnist"]),
-        ({"crfl.enabled": True, "crfl.t-adv": 7}, ["'crfl.t-adv' resolves to 7", "1..num-rounds (6)"]),
+        ({"crfl.enabled": True, "crfl.t-adv": 7},
+         ["'crfl.t-adv' resolves to 7", "1..num-rounds (6)"]),
         ({"crfl.enabled": True, "roles.attack-start-round": 9},
          ["'crfl.t-adv' resolves to 9", "roles.attack-start-round"]),
         ({"data.dataset": "npz"}, ["'data.npz-path' = ''", "npz"]),
@@ -166,8 +182,12 @@ def test_a_key_the_chosen_policy_does_not_read_must_keep_its_default() -> None:
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flat({"roles.attack": "distillation", "attack.boost": 3.0})
     message = str(err.value)
-    for fragment in ["'attack.boost' = 3.0", "not read by policy 'distillation' (roles.attack)",
-                     "default 5.0", "aru, aru-extract, edge-case, replace, targeted-poisoning"]:
+    for fragment in [
+        "'attack.boost' = 3.0",
+        "not read by policy 'distillation' (roles.attack)",
+        "default 5.0",
+        "aru, aru-extract, edge-case, replace, targeted-poisoning",
+    ]:
         assert fragment in message  # fmt: skip
     assert RunConfig.from_flat({"roles.attack": "replace", "attack.boost": 3.0}).attack.boost == 3
     # a resolved config (config.json) names every key with its default's value: still valid
