@@ -434,13 +434,13 @@ def cross_section_defaults(cfg: RunConfig, attack: PolicyParams) -> dict[str, di
     """What each sentinel that depends on other sections stands for in `cfg`: per section,
     field -> value (None: a policy parameter that no registered group provides)."""
     t, r, c = cfg.train, cfg.roles, cfg.crfl
-    t_adv = c.t_adv or r.attack_start_round
+    t_adv = c.t_adv or r.attack_start_round  # the attack round, at whose rho_t L_Z is taken
     return {
         "eval": {"adv_eps": t.adv_eps, "temperature": _filled("eval.temperature", attack)},
         "gate": {"l_adv": t.adv_eps},
         "roles": {"attack_end_round": cfg.num_rounds},
         "crfl": {
-            "t_adv": t_adv,
+            "t_adv": r.attack_start_round,
             "n_attackers": max(1, round(r.malicious_fraction * t.clients_per_round)),
             "agg_weight": 1 / t.clients_per_round,
             "gamma": 1.0,
