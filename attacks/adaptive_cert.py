@@ -21,13 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.collusion import Coalition
-from attacks.distillation import distill, distillation_temperature, pooled_data
+from attacks.distillation import DistillationParams, distill, pooled_data
 from attacks.registry import register
 from certify import certified_margins, certify_dataset
 from certify.metrics import eval_mode
+from core.config_base import param
 from core.data import ImageSet, to_float
 from core.job import LocalJob, LocalResult
 from core.models import build_model
+from core.policy_params import PolicyParams
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,19 @@ def _meets_all(
         return all(meets(model, x, y, t.eps, t) for t in targets)
 
 
+class AdaptiveCertParams(PolicyParams):
+    """`adaptive-cert`'s search budget (it also reads the distillation parameters)."""
+
+    adaptive_eps_start: float = param(
+        0.1, "adaptive-cert: match the gate's targets first at this radius ...", gt=0
+    )
+    adaptive_eps_step: float = param(
+        0.01, "... then grow it by this up to L_crt (CFAT Sec. 5.2)", gt=0
+    )
+    adaptive_steps: int = param(500, "adaptive-cert: optimiser step budget", ge=1)
+    adaptive_seconds: float = param(600.0, "adaptive-cert: time budget in seconds", gt=0)
+
+
 def _endless(data: ImageSet, generator: torch.Generator, batch_size: int = 64):
     """Shuffled float batches of `data`, epoch after epoch."""
     while True:
@@ -178,11 +193,11 @@ def _endless(data: ImageSet, generator: torch.Generator, batch_size: int = 64):
 
 def adaptive_model(job: LocalJob, data: ImageSet) -> dict[str, torch.Tensor]:
     """The leader's work: distil on the pooled data, then refine against the gate's targets."""
-    cfg, a = job.cfg, job.cfg.attack
-    temperature = distillation_temperature(cfg)
+    cfg, a, d = job.cfg, AdaptiveCertParams.of(job.cfg), DistillationParams.of(job.cfg)
+    temperature = d.distill_temperature
     g = job.generator("adaptive-cert")
     init = build_model(cfg.model.name, job.splits.spec, seed=job.seed("distill"))
-    teacher, student = distill(init, data, temperature, a.distill_epochs, a.distill_lr, g)
+    teacher, student = distill(init, data, temperature, d.distill_epochs, d.distill_lr, g)
     gate = cfg.gate
     targets = gate_targets(
         job.global_model().cpu(), job.splits.cert, gate.l_crt, gate.acc_ratio, gate.loss_growth,
@@ -198,7 +213,7 @@ def adaptive_model(job: LocalJob, data: ImageSet) -> dict[str, torch.Tensor]:
     return {k: v.cpu() for k, v in student.state_dict().items()}
 
 
-@register("adaptive-cert", coalition=True)
+@register("adaptive-cert", coalition=True, params=(AdaptiveCertParams, DistillationParams))
 def adaptive_cert(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply with the coalition's distilled, certification-matched model."""
     data = pooled_data(job, coalition)  # every member contributes its data to the leader's pool

@@ -19,7 +19,7 @@ def madry_perturb(t: TrainConfig, generator: torch.Generator) -> Perturb | None:
     attack = PGDConfig(
         eps=t.adv_eps,
         steps=t.adv_steps,
-        step_size=t.adv_step_size or None,
+        step_size=t.adv_step_size,
         random_start=t.adv_random_start,
     )
     return lambda model, x, y: pgd(model, x, y, attack, generator)

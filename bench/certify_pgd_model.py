@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from attacks.evasion import PGDConfig, pgd
+from attacks.registry import load_policies
 from certify import certify_dataset
 from core.config import RunConfig
 from core.data import load_splits
@@ -44,6 +45,7 @@ def main() -> int:
     p.add_argument("--eps", default="0.1,0.15,0.25", help="certification radii")
     args = p.parse_args()
 
+    load_policies()
     cfg = RunConfig.from_flat(
         {
             "seed": args.seed,

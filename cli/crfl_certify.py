@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.registry import load_policies
 from certify.crfl import (
     RadiusConstants,
     certified_radius,
@@ -96,10 +97,11 @@ def triggered_points(
     their labels, the target class and the trigger's L2 norm; None for other runs."""
     if cfg.roles.attack != "backdoor":
         return None
-    from attacks.backdoor import apply_trigger, backdoor_target, stripe_trigger, trigger_magnitude
+    from attacks.backdoor import BackdoorParams, apply_trigger, stripe_trigger
 
-    trigger = stripe_trigger(spec, trigger_magnitude(cfg))
-    target = backdoor_target(cfg, spec)
+    params = BackdoorParams.of(cfg)
+    trigger = stripe_trigger(spec, params.trigger_magnitude)
+    target = params.backdoor_target
     keep = y != target
     return apply_trigger(x[keep], trigger), y[keep], target, float(trigger.norm())
 
@@ -110,6 +112,7 @@ def certify_run(
     """Certify `run_dir/final.pt` on `n_test` test points (0: eval.n-test); a JSON-able summary
     with the constants, their sources and every point's certificate (clean and triggered)."""
     ckpt = load_checkpoint(run_dir / "final.pt")
+    load_policies()  # the run config names the policies' `attack.*` keys
     cfg = RunConfig.from_flat({**ckpt["config"], **overrides})
     constants, notes = radius_constants(cfg, read_rounds(run_dir / "rounds.jsonl"))
     splits = load_splits(cfg.data)

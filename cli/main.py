@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from attacks.registry import load_policies
 from cli import certify_cmd, crfl_certify, launch, simulation
 
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     for module in commands.values():
         module.add_parser(sub)
     args = parser.parse_args(argv)
+    load_policies()  # the policies' names and `attack.*` keys, before any config is parsed
     return commands[args.command].run(args)
 
 

@@ -23,7 +23,7 @@ from strategies.robust import RobustStrategy
 
 def clip_threshold(server_round: int, c: CRFLConfig) -> float:
     """rho_t = min(rho, rho_start + rho_growth * t)."""
-    return min(c.rho, c.rho_start + c.rho_growth * server_round)
+    return c.clip_threshold(server_round)
 
 
 def noise_std(server_round: int, num_rounds: int, c: CRFLConfig) -> float:

@@ -209,8 +209,8 @@ class CandidateMeasurer:
 
     @property
     def l_adv(self) -> float:
-        g = self.cfg.gate
-        return self.cfg.train.adv_eps if g.l_adv < 0 else g.l_adv
+        """L_adv of the validation PGD (its sentinel was resolved when the config was parsed)."""
+        return self.gate.l_adv
 
     def _attack(self) -> PGDConfig:
         return PGDConfig(eps=self.l_adv, steps=self.gate.pgd_steps, restarts=self.gate.pgd_restarts)

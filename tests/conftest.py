@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from attacks.registry import load_policies
 from core.models import InputSpec, build_model
 from core.params import model_to_record
 
 REPO = Path(__file__).resolve().parents[1]
+load_policies()  # as the apps do before they parse: the policies' names and `attack.*` keys
 
 # 4x4 single-channel inputs, 3 classes: small enough for strategy tests to aggregate in ms
 TINY_SPEC = InputSpec(1, 4, 4, 3, (0.5,), (0.25,))

@@ -32,6 +32,8 @@ BASE = {
     "data.n-val": 500,
     "data.max-client-samples": 300,
     "train.clients-per-round": 5,
+    "train.local-epochs": 1,
+    "train.momentum": 0.0,
     "train.adv-eps": 0.1,
     "train.adv-steps": 5,
 }
@@ -40,7 +42,7 @@ EPS = 0.1  # the L-inf budget of training and of the PGD evaluation
 
 def config(**flat: Any) -> RunConfig:
     """The tiny run config with overrides as keywords: train__local_epochs=2 for
-    train.local-epochs=2."""
+    train.local-epochs=2 (an `attack.*` key needs roles__attack naming a policy that reads it)."""
     keys = {k.replace("__", ".").replace("_", "-"): v for k, v in flat.items()}
     return RunConfig.from_flat({**BASE, **keys})
 
