@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from attacks.registry import load_policies  # noqa: E402
 from cli.simulation import run_simulation  # noqa: E402
 from server.run_store import read_rounds  # noqa: E402
 
@@ -42,6 +43,7 @@ CLIENTS = {"mnist": 20, "cifar10": 10}
 
 
 def main() -> None:
+    load_policies()  # the policies' `attack.*` keys, before any run config is parsed
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=sorted(SETUPS), default="mnist")
     p.add_argument("--rounds", type=int, default=3)

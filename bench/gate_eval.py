@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from attacks.collusion import read_ledger  # noqa: E402
+from attacks.registry import load_policies  # noqa: E402
 from cli.simulation import run_simulation  # noqa: E402
 from core.config import GateConfig, RunConfig  # noqa: E402
 from server.run_store import read_rounds  # noqa: E402
@@ -190,6 +191,7 @@ def fmt(x: float) -> str:
 
 
 def main() -> None:
+    load_policies()  # the policies' `attack.*` keys, before any run config is parsed
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("/tmp/gate-eval"))
     p.add_argument("--seeds", default="0,1,2")
