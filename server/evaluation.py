@@ -9,9 +9,9 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from attacks.evasion import PGDConfig, pgd_evaluate
 from core.config import RunConfig
 from core.data import ImageSet, test_order
+from core.evasion import PGDConfig, pgd_evaluate
 from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate

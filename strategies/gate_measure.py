@@ -44,12 +44,12 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from attacks.evasion import PGDConfig, pgd, pgd_evaluate
 from certify import certify_dataset
 from certify.metrics import chunk_size
 from certify.trace import trace
 from core.config import GateConfig, RunConfig
 from core.data import ImageSet, to_float
+from core.evasion import PGDConfig, pgd, pgd_evaluate
 from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate

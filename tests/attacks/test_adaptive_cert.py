@@ -17,10 +17,10 @@ from attacks.adaptive_cert import (
     refine_for_certification,
 )
 from attacks.distillation import train_at_temperature
-from attacks.evasion import PGDConfig, pgd, pgd_evaluate
 from certify import certify_dataset
 from core.config import DataConfig
 from core.data import load_splits, to_float
+from core.evasion import PGDConfig, pgd, pgd_evaluate
 from core.models import build_model
 from core.training import SGDConfig, train
 
