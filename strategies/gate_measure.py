@@ -36,7 +36,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,7 +45,7 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from certify import certify_dataset
-from certify.metrics import chunk_size
+from certify.metrics import certification_metrics, chunk_size
 from certify.trace import trace
 from core.config import GateConfig, RunConfig
 from core.data import ImageSet, to_float
@@ -75,27 +75,6 @@ class Measurer(Protocol):
     def __call__(
         self, arrays: ArrayRecord, server_round: int, bounds: Sequence[Bound] = ()
     ) -> MeasureResult: ...
-
-
-def certification_metrics(
-    model: nn.Module,
-    data: ImageSet,
-    radii: Iterable[float],
-    method: str = "zonotope",
-    budget_mb: int = 256,
-    sound_fp: bool = False,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """`cert_acc@<eps>` and `cert_loss@<eps>` (CFAT Eq. 1 and 3) of `model` on `data`."""
-    x, y = data.tensors(device)
-    metrics = {}
-    for eps in radii:
-        result = certify_dataset(
-            model, x, y, eps, method=method, budget_bytes=budget_mb * 2**20, sound_fp=sound_fp
-        )
-        metrics[f"cert_acc@{eps:g}"] = result.certified_accuracy
-        metrics[f"cert_loss@{eps:g}"] = float(result.certified_loss)
-    return metrics
 
 
 @contextlib.contextmanager
@@ -238,7 +217,13 @@ class CandidateMeasurer:
         for eps in g.l_crt:
             t = time.perf_counter()
             metrics |= certification_metrics(
-                self.model, self.cert, (eps,), g.method, g.budget_mb, g.sound_fp, self.device
+                self.model,
+                self._cert_x,
+                self._cert_y,
+                (eps,),
+                g.method,
+                g.budget_mb * 2**20,
+                g.sound_fp,
             )
             seconds[f"cert@{eps:g}"] = time.perf_counter() - t
         seconds["wall"] = time.perf_counter() - start
