@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from core.config import AggregationConfig
+from core.wire import ARRAYS, METRICS, NUM_EXAMPLES
 from strategies.aggregators import RULES
 
 P = 1_000_000
@@ -45,8 +46,8 @@ def replies(models: np.ndarray, counts: np.ndarray) -> list[Message]:
         Message(
             RecordDict(
                 {
-                    "arrays": ArrayRecord({"w": Array(model)}),
-                    "metrics": MetricRecord({"num-examples": int(n)}),
+                    ARRAYS: ArrayRecord({"w": Array(model)}),
+                    METRICS: MetricRecord({NUM_EXAMPLES: int(n)}),
                 }
             ),
             dst_node_id=i + 1,
@@ -95,7 +96,7 @@ def bench_k(k: int) -> list[tuple[str, float | None, float | None]]:
         theirs = timed_flower(flower[name], models, counts) if name in flower else None
         rows.append((name, ours, theirs))
     fresh = replies(models, counts)
-    decode = timed(lambda: [m.content["arrays"]["w"].numpy() for m in fresh], FLOWER_REPEATS)
+    decode = timed(lambda: [m.content[ARRAYS]["w"].numpy() for m in fresh], FLOWER_REPEATS)
     rows.append(("(Flower decode)", None, decode))
     return rows
 

@@ -9,9 +9,8 @@ from typing import Any
 
 from certify.crfl import RadiusConstants, contraction
 from core.config import ConfigError, RunConfig, check_crfl_attack_round, cross_section_defaults
+from core.wire import NUM_EXAMPLES
 from strategies.crfl import clip_threshold, noise_std
-
-NUM_EXAMPLES = "num-examples"
 
 
 def attack_round(cfg: RunConfig) -> int:
