@@ -111,11 +111,11 @@ def time_paths(run_dir: Path, data_dir: str, paths: list[str]) -> dict[str, tupl
 
     from core.config import RunConfig
     from core.data import load_splits
+    from core.gate_rule import GateState, Measurement, remember, rule_bounds, with_initial
     from core.models import build_model
     from core.params import model_to_record
     from server.run_store import load_checkpoint
     from strategies.gate_measure import CandidateMeasurer
-    from strategies.gate_rule import GateState, Measurement, remember, rule_bounds, with_initial
 
     flat = json.loads((run_dir / "config.json").read_text()) | {"data.dir": data_dir}
     base = RunConfig.from_flat(flat)

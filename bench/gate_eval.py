@@ -21,7 +21,7 @@ reference is the previous global model, that is exactly its verdict on the candi
 enforced up to here. What a shadow verdict cannot show is where the other rule would have taken
 the federation after letting an attack through (an accepted attack becomes CFAT's reference);
 (d) shows that.
-The bench replays every run's gate records with `strategies.gate_rule` (checking that the
+The bench replays every run's gate records with `core.gate_rule` (checking that the
 replayed verdicts equal the recorded ones) to get each rule's reference per metric.
 
 Runs are kept under --out; a rerun skips finished runs, so an interrupted bench resumes, and
@@ -49,9 +49,7 @@ sys.path.insert(0, str(REPO))
 from attacks.collusion import read_ledger  # noqa: E402
 from cli.simulation import run_simulation  # noqa: E402
 from core.config import GateConfig, RunConfig  # noqa: E402
-from server.run_store import read_rounds  # noqa: E402
-from strategies.gate import STATE_VERSION  # noqa: E402
-from strategies.gate_rule import (  # noqa: E402
+from core.gate_rule import (  # noqa: E402
     GateState,
     Measurement,
     is_loss,
@@ -61,6 +59,8 @@ from strategies.gate_rule import (  # noqa: E402
     rule_bounds,
     with_initial,
 )
+from server.run_store import read_rounds  # noqa: E402
+from strategies.gate import STATE_VERSION  # noqa: E402
 
 POLICIES = ("distillation", "logit-scaling", "backdoor", "aru", "aru-extract", "replace")
 RULES = ("calibrated", "cfat")

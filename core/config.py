@@ -264,7 +264,7 @@ GateMetric = Literal["clean-acc", "pgd-acc", "cert-acc", "cert-loss"]
 
 class GateConfig(Section):
     """The certification gate (strategies/gate.py): measure each candidate model, skip it if it
-    fails the acceptance rule (strategies/gate_rule.py, where both rules' formulas are).
+    fails the acceptance rule (core/gate_rule.py, where both rules' formulas are).
 
     `cfat` (CFAT Sec. 3): accuracies must reach `acc-ratio` times the last accepted model's and
     each certified loss may grow to at most (1 + loss-growth) times its reference plus

@@ -1,5 +1,5 @@
 """`CertificationGate`: wraps any Flower message-API strategy and skips every round whose
-candidate model fails the acceptance rule (strategies/gate_rule.py), so that the global model
+candidate model fails the acceptance rule (core/gate_rule.py), so that the global model
 stays exactly as it was.
 
 Before the first round the gate measures the model the run starts from (round 0), so that every
@@ -26,8 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from core.config import GateConfig
-from strategies.gate_measure import Measurer, MeasureResult
-from strategies.gate_rule import (
+from core.gate_rule import (
     Check,
     Decision,
     GateState,
@@ -38,6 +37,7 @@ from strategies.gate_rule import (
     rule_bounds,
     with_initial,
 )
+from strategies.gate_measure import Measurer, MeasureResult
 
 STATE_VERSION = 1
 

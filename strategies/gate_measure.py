@@ -50,10 +50,10 @@ from certify.trace import trace
 from core.config import GateConfig, RunConfig
 from core.data import ImageSet, to_float
 from core.evasion import PGDConfig, pgd, pgd_evaluate
+from core.gate_rule import Bound
 from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
-from strategies.gate_rule import Bound
 
 # certification chunks of a single-threaded worker: small enough to stay near its core's caches
 SINGLE_THREAD_CHUNK_BYTES = 32 * 2**20

@@ -15,10 +15,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from core.config import RunConfig
+from core.gate_rule import Bound
 from core.wire import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
 from strategies.gate import CertificationGate, GateReport
 from strategies.gate_measure import MeasureResult
-from strategies.gate_rule import Bound
 
 HONEST = {"clean_acc": 0.95, "pgd_acc": 0.85, "cert_acc@0.1": 0.6}
 
