@@ -191,18 +191,21 @@ def _endless(data: ImageSet, generator: torch.Generator, batch_size: int = 64):
 
 def adaptive_model(job: LocalJob, data: ImageSet) -> dict[str, torch.Tensor]:
     """The leader's work: distil on the pooled data, then refine against the gate's targets."""
-    cfg, a, d = job.cfg, AdaptiveCertParams.of(job.cfg), DistillationParams.of(job.cfg)
-    temperature = d.distill_temperature
-    g = job.generator("adaptive-cert")
+    cfg = job.cfg
+    params, distillation = AdaptiveCertParams.of(cfg), DistillationParams.of(cfg)
+    temperature = distillation.distill_temperature
+    generator = job.generator("adaptive-cert")
     init = build_model(cfg.model.name, job.splits.spec, seed=job.seed("distill"))
-    teacher, student = distill(init, data, temperature, d.distill_epochs, d.distill_lr, g)
+    teacher, student = distill(
+        init, data, temperature, distillation.distill_epochs, distillation.distill_lr, generator
+    )
     targets = gate_targets(job.global_model().cpu(), job.splits.cert, cfg.gate)
     budget = AdaptiveBudget(
-        eps_start=a.adaptive_eps_start, eps_step=a.adaptive_eps_step,
-        max_steps=a.adaptive_steps, max_seconds=a.adaptive_seconds,
+        eps_start=params.adaptive_eps_start, eps_step=params.adaptive_eps_step,
+        max_steps=params.adaptive_steps, max_seconds=params.adaptive_seconds,
     )  # fmt: skip
     refine_for_certification(
-        student, teacher, data, job.splits.cert, targets, temperature, budget, g
+        student, teacher, data, job.splits.cert, targets, temperature, budget, generator
     )
     return {k: v.cpu() for k, v in student.state_dict().items()}
 

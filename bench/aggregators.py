@@ -82,14 +82,14 @@ def flower_strategies(cfg: AggregationConfig, k: int) -> dict[str, object]:
 def bench_k(k: int) -> list[tuple[str, float | None, float | None]]:
     """(rule, our seconds, Flower seconds) for K replies; None where there is no such time."""
     rng = np.random.default_rng(k)
-    g = (0.05 * rng.standard_normal(P)).astype(np.float32)
+    global_flat = (0.05 * rng.standard_normal(P)).astype(np.float32)
     u = (0.01 * rng.standard_normal((k, P))).astype(np.float32)
     counts = rng.integers(100, 300, k)
     cfg = AggregationConfig(f=(k - 3) // 4, beta=0.2, m=0, tau=1.0, noise_std=0.01)
     x, w = torch.from_numpy(u), torch.from_numpy(counts.astype(np.float32))
     generator = torch.Generator().manual_seed(0)
     flower = flower_strategies(cfg, k)
-    models = g + u
+    models = global_flat + u
     rows: list[tuple[str, float | None, float | None]] = []
     for name, rule in RULES.items():
         ours = timed(lambda rule=rule: rule(x, w, cfg, generator), REPEATS)

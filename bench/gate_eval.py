@@ -140,12 +140,12 @@ def replay(run_dir: Path, start: GateState | None = None) -> tuple[list[Judged],
     keep = max(cfg.history, cfg.window)
     judged, mismatches = [], 0
     for record in read_rounds(run_dir / "rounds.jsonl"):
-        g = record["gate"]
-        if not g:
+        gate = record["gate"]
+        if not gate:
             continue
-        if g.get("initial"):
-            state = with_initial(state, Measurement.of(0, g["initial"]))
-        rnd, metrics = record["round"], g["metrics"]
+        if gate.get("initial"):
+            state = with_initial(state, Measurement.of(0, gate["initial"]))
+        rnd, metrics = record["round"], gate["metrics"]
         refs, verdicts, warm = {}, {}, {}
         for rule in RULES:
             rb = rule_bounds(rule, state, cfg, rnd)
@@ -156,11 +156,11 @@ def replay(run_dir: Path, start: GateState | None = None) -> tuple[list[Judged],
                 for b in rb.bounds
                 if b.reference is not None and b.criterion in ("window", "ratio", "growth")
             }
-        mismatches += verdicts[g["rule"]] != g["accepted"]
-        if g["accepted"]:
+        mismatches += verdicts[gate["rule"]] != gate["accepted"]
+        if gate["accepted"]:
             state = remember(state, Measurement.of(rnd, metrics), keep)
         pgd_t = record["metrics"].get("pgd_t_acc", math.nan)
-        judged.append(Judged(rnd, metrics, refs, verdicts, warm, g["rule"], pgd_t))
+        judged.append(Judged(rnd, metrics, refs, verdicts, warm, gate["rule"], pgd_t))
     return judged, state, mismatches
 
 

@@ -169,7 +169,7 @@ class Decision:
 
     @property
     def failed(self) -> list[str]:
-        return [f"{c.metric} {c.criterion}" for c in self.checks if not c.passed]
+        return [f"{check.metric} {check.criterion}" for check in self.checks if not check.passed]
 
 
 def metric_names(cfg: GateConfig) -> list[str]:
@@ -338,7 +338,7 @@ def judge(metrics: Mapping[str, float], rb: RuleBounds) -> Decision:
         Check(b.metric, float(metrics[b.metric]), b.reference, b.bound, b.kind, b.criterion)
         for b in rb.bounds
     )
-    return Decision(all(c.passed for c in checks), checks, rb.warmup)
+    return Decision(all(check.passed for check in checks), checks, rb.warmup)
 
 
 def decide(

@@ -137,11 +137,11 @@ class RobustStrategy(FedAvg):
 
     def summary(self) -> None:
         """Log the rule and sampling in place of FedAvg's fraction-based summary."""
-        a = self.cfg.agg
+        agg = self.cfg.agg
         log(
             INFO,
             "\t├──> rule %s (f=%d, beta=%.2f, m=%d, tau=%g, noise-std=%g, weighting=%s)",
-            a.rule, a.f, a.beta, a.m, a.tau, a.noise_std, a.weighting,
+            agg.rule, agg.f, agg.beta, agg.m, agg.tau, agg.noise_std, agg.weighting,
         )  # fmt: skip
         log(
             INFO,
