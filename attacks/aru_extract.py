@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.adversarial_training import benign_train, madry_perturb
 from attacks.boosting import BoostParams
 from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.replace import replacement_reply
 from attacks.updates import global_vector, model_vector, vector_model
+from core.adversarial_training import benign_train, madry_perturb
 from core.config import RunConfig
 from core.config_base import param
 from core.job import LocalJob, LocalResult, sgd_config

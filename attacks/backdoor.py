@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.adversarial_training import madry_perturb
 from attacks.collusion import Coalition
 from attacks.registry import register
+from core.adversarial_training import madry_perturb
 from core.config import ConfigError, RunConfig
 from core.config_base import param
 from core.data import ImageSet, num_classes

@@ -13,10 +13,10 @@ from statistics import NormalDist
 
 import torch
 
-from attacks.adversarial_training import benign_train
 from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.updates import layout_of, model_update, reply_with_update
+from core.adversarial_training import benign_train
 from core.config import ConfigError, RunConfig
 from core.config_base import param
 from core.job import LocalJob, LocalResult

@@ -194,9 +194,12 @@ def channel_root(cfg: RunConfig, run_id: int) -> Path:
 
 def open_channel(cfg: RunConfig, run_id: int) -> CollusionChannel:
     """The run's channel with the run config's k, window and timeout."""
-    a = ChannelParams.of(cfg)
+    params = ChannelParams.of(cfg)
     return CollusionChannel(
-        channel_root(cfg, run_id), cfg.roles.min_colluders, a.rendezvous_s, a.channel_timeout
+        channel_root(cfg, run_id),
+        cfg.roles.min_colluders,
+        params.rendezvous_s,
+        params.channel_timeout,
     )
 
 

@@ -125,16 +125,16 @@ def pooled_data(job: LocalJob, coalition: Coalition) -> ImageSet:
 def distilled_model(job: LocalJob, coalition: Coalition) -> nn.Module:
     """The coalition's distilled model: the leader trains it on the pooled data, all send it."""
     data = pooled_data(job, coalition)
-    a = DistillationParams.of(job.cfg)
+    params = DistillationParams.of(job.cfg)
 
     def train_distilled() -> dict[str, torch.Tensor]:
         init = build_model(job.cfg.model.name, job.splits.spec, seed=job.seed("distill"))
         _, model = distill(
             init.to(job.device),
             data,
-            a.distill_temperature,
-            a.distill_epochs,
-            a.distill_lr,
+            params.distill_temperature,
+            params.distill_epochs,
+            params.distill_lr,
             job.generator("distillation"),
             device=job.device,
         )

@@ -19,11 +19,11 @@ import torch
 from pydantic import field_validator
 from torch import nn
 
-from attacks.adversarial_training import madry_perturb
 from attacks.boosting import BoostParams, boost, boost_factor
 from attacks.collusion import Coalition
 from attacks.edge_case_data import EDGE_CASE_SOURCES, EdgeCaseSet, load_edge_case
 from attacks.registry import register
+from core.adversarial_training import madry_perturb
 from core.config import ConfigError, RunConfig
 from core.config_base import param
 from core.data import ImageSet

@@ -29,8 +29,9 @@ def plain_sgd_target(job: LocalJob) -> torch.Tensor:
 
 def replacement_reply(job: LocalJob, coalition: Coalition, target: torch.Tensor) -> LocalResult:
     """ARU Eq. 5 with gamma/N: reply G + gamma/N * (R - G) for the flat target R."""
-    g = global_vector(job)
-    return reply_with_update(job, boost(target, g, boost_factor(job.cfg, coalition)) - g)
+    global_flat = global_vector(job)
+    boosted = boost(target, global_flat, boost_factor(job.cfg, coalition))
+    return reply_with_update(job, boosted - global_flat)
 
 
 @register("replace", coalition=True, params=(BoostParams,))

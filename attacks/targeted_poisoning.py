@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.adversarial_training import madry_perturb
 from attacks.boosting import BoostParams, boost, boost_factor
 from attacks.collusion import Coalition
 from attacks.registry import register
+from core.adversarial_training import madry_perturb
 from core.config_base import param
 from core.data import ImageSet, test_order
 from core.job import LocalJob, LocalResult, sgd_config

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from attacks.evasion import PGDConfig, pgd
 from attacks.registry import load_policies
 from certify import certify_dataset
 from core.config import RunConfig
 from core.data import load_splits
+from core.evasion import PGDConfig, pgd
 from core.models import build_model
 from core.training import SGDConfig, evaluate, train
 

@@ -21,7 +21,7 @@ reference is the previous global model, that is exactly its verdict on the candi
 enforced up to here. What a shadow verdict cannot show is where the other rule would have taken
 the federation after letting an attack through (an accepted attack becomes CFAT's reference);
 (d) shows that.
-The bench replays every run's gate records with `strategies.gate_rule` (checking that the
+The bench replays every run's gate records with `core.gate_rule` (checking that the
 replayed verdicts equal the recorded ones) to get each rule's reference per metric.
 
 Runs are kept under --out; a rerun skips finished runs, so an interrupted bench resumes, and
@@ -50,10 +50,7 @@ from attacks.collusion import read_ledger  # noqa: E402
 from attacks.registry import load_policies  # noqa: E402
 from cli.simulation import run_simulation  # noqa: E402
 from core.config import GateConfig, RunConfig  # noqa: E402
-from core.policy_params import params_of  # noqa: E402
-from server.run_store import read_rounds  # noqa: E402
-from strategies.gate import STATE_VERSION  # noqa: E402
-from strategies.gate_rule import (  # noqa: E402
+from core.gate_rule import (  # noqa: E402
     GateState,
     Measurement,
     is_loss,
@@ -63,6 +60,9 @@ from strategies.gate_rule import (  # noqa: E402
     rule_bounds,
     with_initial,
 )
+from core.policy_params import params_of  # noqa: E402
+from server.run_store import read_rounds  # noqa: E402
+from strategies.gate import STATE_VERSION  # noqa: E402
 
 POLICIES = ("distillation", "logit-scaling", "backdoor", "aru", "aru-extract", "replace")
 RULES = ("calibrated", "cfat")
@@ -162,12 +162,12 @@ def replay(run_dir: Path, start: GateState | None = None) -> tuple[list[Judged],
     keep = max(cfg.history, cfg.window)
     judged, mismatches = [], 0
     for record in read_rounds(run_dir / "rounds.jsonl"):
-        g = record["gate"]
-        if not g:
+        gate = record["gate"]
+        if not gate:
             continue
-        if g.get("initial"):
-            state = with_initial(state, Measurement.of(0, g["initial"]))
-        rnd, metrics = record["round"], g["metrics"]
+        if gate.get("initial"):
+            state = with_initial(state, Measurement.of(0, gate["initial"]))
+        rnd, metrics = record["round"], gate["metrics"]
         refs, verdicts, warm = {}, {}, {}
         for rule in RULES:
             rb = rule_bounds(rule, state, cfg, rnd)
@@ -178,11 +178,11 @@ def replay(run_dir: Path, start: GateState | None = None) -> tuple[list[Judged],
                 for b in rb.bounds
                 if b.reference is not None and b.criterion in ("window", "ratio", "growth")
             }
-        mismatches += verdicts[g["rule"]] != g["accepted"]
-        if g["accepted"]:
+        mismatches += verdicts[gate["rule"]] != gate["accepted"]
+        if gate["accepted"]:
             state = remember(state, Measurement.of(rnd, metrics), keep)
         pgd_t = record["metrics"].get("pgd_t_acc", math.nan)
-        judged.append(Judged(rnd, metrics, refs, verdicts, warm, g["rule"], pgd_t))
+        judged.append(Judged(rnd, metrics, refs, verdicts, warm, gate["rule"], pgd_t))
     return judged, state, mismatches
 
 

@@ -82,10 +82,10 @@ def certify_points(
     generator: torch.Generator,
 ) -> SmoothedCertificate:
     """Smooth `model` as `crfl.*` says, bound p_A and p_B, and certify every point of `x`."""
-    c = cfg.crfl
-    votes = smoothed_votes(model, x, c.sigma_test, c.n_copies, generator)
+    crfl = cfg.crfl
+    votes = smoothed_votes(model, x, crfl.sigma_test, crfl.n_copies, generator)
     prediction, count_a, count_b = top_two(votes)
-    p_a, p_b = probability_bounds(count_a, count_b, c.n_copies, c.alpha, c.bound)
+    p_a, p_b = probability_bounds(count_a, count_b, crfl.n_copies, crfl.alpha, crfl.bound)
     radius = certified_radius(p_a, p_b, constants)
     return SmoothedCertificate(y.cpu(), prediction, count_a, count_b, p_a, p_b, radius)
 

@@ -9,9 +9,8 @@ from typing import Any
 
 from certify.crfl import RadiusConstants, contraction
 from core.config import ConfigError, RunConfig, check_crfl_attack_round, cross_section_defaults
-from strategies.crfl import clip_threshold, noise_std
-
-NUM_EXAMPLES = "num-examples"
+from core.wire import NUM_EXAMPLES
+from strategies.crfl import clip_threshold, server_sigma
 
 
 def attack_round(cfg: RunConfig) -> int:
@@ -33,7 +32,7 @@ def attack_window_warning(cfg: RunConfig) -> str:
 
 def round_noise(t: int, cfg: RunConfig) -> float:
     """sigma_t as the certificate sees it: the server's noise, and sigma_T (smoothing) at T."""
-    return cfg.crfl.sigma_test if t == cfg.num_rounds else noise_std(t, cfg.num_rounds, cfg.crfl)
+    return cfg.crfl.sigma_test if t == cfg.num_rounds else server_sigma(t, cfg.num_rounds, cfg.crfl)
 
 
 def client_examples(rounds: list[dict[str, Any]], t_adv: int) -> float | None:
@@ -70,27 +69,29 @@ def radius_constants(
 ) -> tuple[RadiusConstants, dict[str, str]]:
     """The radius constants of the run and, per constant, a note on where its value came from
     (a derivation when the value is what the run's other keys give, else its `crfl.*` key)."""
-    c, t_adv, k = cfg.crfl, attack_round(cfg), cfg.train.clients_per_round
+    crfl, t_adv, k = cfg.crfl, attack_round(cfg), cfg.train.clients_per_round
     tau, tau_note = local_iterations(cfg, rounds, t_adv)
-    rho_adv = clip_threshold(t_adv, c)
+    rho_adv = clip_threshold(t_adv, crfl)
     after = range(t_adv + 1, cfg.num_rounds + 1)
-    rhos = [clip_threshold(t, c) for t in after]
+    rhos = [clip_threshold(t, crfl) for t in after]
     sigmas = [round_noise(t, cfg) for t in after]
     constants = RadiusConstants(
         sigma_adv=round_noise(t_adv, cfg),
-        lz=c.lz,
-        n_attackers=c.n_attackers,
-        agg_weight=c.agg_weight,
-        gamma=c.gamma,
+        lz=crfl.lz,
+        n_attackers=crfl.n_attackers,
+        agg_weight=crfl.agg_weight,
+        gamma=crfl.gamma,
         local_iters=tau,
-        lr=c.lr,
-        poison_fraction=c.poison_fraction,
+        lr=crfl.lr,
+        poison_fraction=crfl.poison_fraction,
         contraction=contraction(rhos, sigmas),
     )
     derived = cross_section_defaults(cfg, cfg.attack)["crfl"]
 
     def note(name: str, derivation: str) -> str:
-        return derivation if getattr(c, name) == derived[name] else f"crfl.{name}".replace("_", "-")
+        return (
+            derivation if getattr(crfl, name) == derived[name] else f"crfl.{name}".replace("_", "-")
+        )
 
     mean_warning = "" if cfg.agg.rule == "mean" else (
         f"; WARNING: FedAvg's weight, agg.rule is {cfg.agg.rule!r}"

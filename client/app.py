@@ -29,6 +29,7 @@ from core.job import LocalJob, LocalResult
 from core.params import state_to_record
 from core.policy_params import check_policy_reads
 from core.roles import BENIGN, FL_WBC, attack_name, resolve_role
+from core.wire import ARRAYS, CONFIG, METRICS, SERVER_ROUND
 
 app = ClientApp()
 
@@ -77,9 +78,9 @@ def train(msg: Message, context: Context) -> Message:
     job = LocalJob(
         cfg=cfg,
         node=node,
-        global_arrays=next(iter(msg.content.array_records.values())),
-        server_round=int(msg.content["config"]["server-round"]),
+        global_arrays=msg.content.array_records[ARRAYS],
+        server_round=int(msg.content[CONFIG][SERVER_ROUND]),
     )
     result = local_update(role, job, context.run_id)
-    content = {"arrays": state_to_record(result.state), "metrics": MetricRecord(result.metrics)}
+    content = {ARRAYS: state_to_record(result.state), METRICS: MetricRecord(result.metrics)}
     return Message(RecordDict(content), reply_to=msg)

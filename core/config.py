@@ -264,7 +264,7 @@ GateMetric = Literal["clean-acc", "pgd-acc", "cert-acc", "cert-loss"]
 
 class GateConfig(Section):
     """The certification gate (strategies/gate.py): measure each candidate model, skip it if it
-    fails the acceptance rule (strategies/gate_rule.py, where both rules' formulas are).
+    fails the acceptance rule (core/gate_rule.py, where both rules' formulas are).
 
     `cfat` (CFAT Sec. 3): accuracies must reach `acc-ratio` times the last accepted model's and
     each certified loss may grow to at most (1 + loss-growth) times its reference plus
@@ -481,20 +481,20 @@ def _resolved_attack(raw: RunConfig) -> PolicyParams:
 def cross_section_defaults(cfg: RunConfig, attack: PolicyParams) -> dict[str, dict[str, Any]]:
     """What each sentinel that depends on other sections stands for in `cfg`: per section,
     field -> value (None: a policy parameter that no registered group provides)."""
-    t, r, c = cfg.train, cfg.roles, cfg.crfl
-    t_adv = c.t_adv or r.attack_start_round  # the attack round, at whose rho_t L_Z is taken
+    train, roles, crfl = cfg.train, cfg.roles, cfg.crfl
+    t_adv = crfl.t_adv or roles.attack_start_round  # the attack round, at whose rho_t L_Z is taken
     return {
-        "eval": {"adv_eps": t.adv_eps, "temperature": _filled("eval.temperature", attack)},
-        "gate": {"l_adv": t.adv_eps},
+        "eval": {"adv_eps": train.adv_eps, "temperature": _filled("eval.temperature", attack)},
+        "gate": {"l_adv": train.adv_eps},
         "roles": {"attack_end_round": cfg.num_rounds},
         "crfl": {
-            "t_adv": r.attack_start_round,
-            "n_attackers": max(1, round(r.malicious_fraction * t.clients_per_round)),
-            "agg_weight": 1 / t.clients_per_round,
+            "t_adv": roles.attack_start_round,
+            "n_attackers": max(1, round(roles.malicious_fraction * train.clients_per_round)),
+            "agg_weight": 1 / train.clients_per_round,
             "gamma": 1.0,
-            "lr": t.lr,
+            "lr": train.lr,
             "poison_fraction": _filled("crfl.poison-fraction", attack),
-            "lz": crfl_lz(c.clip_threshold(t_adv)),
+            "lz": crfl_lz(crfl.clip_threshold(t_adv)),
         },
     }
 

@@ -102,12 +102,12 @@ def policy_names() -> list[str]:
 def params_of(policy: str) -> tuple[type[PolicyParams], ...]:
     """The groups policy `policy` reads: its own and the common ones."""
     own = _POLICIES[policy]
-    return own + tuple(g for g in _COMMON if g not in own)
+    return own + tuple(group for group in _COMMON if group not in own)
 
 
 def registered_groups() -> tuple[type[PolicyParams], ...]:
     """Every registered group in a fixed order (module, then class name)."""
-    return tuple(sorted(_GROUPS, key=lambda g: (g.__module__, g.__qualname__)))
+    return tuple(sorted(_GROUPS, key=lambda group: (group.__module__, group.__qualname__)))
 
 
 def attack_section() -> type[PolicyParams]:

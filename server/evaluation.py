@@ -9,14 +9,14 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from attacks.evasion import PGDConfig, pgd_evaluate
+from certify.metrics import certification_metrics
 from core.config import RunConfig
 from core.data import ImageSet, test_order
+from core.evasion import PGDConfig, pgd_evaluate
 from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
 from server.threat_metrics import THREAT_METRICS
-from strategies.gate_measure import certification_metrics
 
 
 def eval_subset(test: ImageSet, n_test: int, seed: int) -> ImageSet:
@@ -55,8 +55,8 @@ class CentralEvaluator:
                 )
                 metrics |= {"pgd_t_acc": adv_t.accuracy, "pgd_temperature": e.temperature}
         if e.l_crt:
-            subset = self.data.subset(slice(0, e.n_cert))
-            metrics |= certification_metrics(self.model, subset, e.l_crt, device=self.device)
+            x, y = self.data.subset(slice(0, e.n_cert)).tensors(self.device)
+            metrics |= certification_metrics(self.model, x, y, e.l_crt)
         for threat_metric in THREAT_METRICS:
             metrics |= threat_metric(self.model, self.data, self.cfg, self.device, server_round)
         return metrics

@@ -13,10 +13,10 @@ import torch
 from flwr.app import ArrayRecord
 
 from attacks.collusion import Coalition, CollusionChannel
-from attacks.evasion import PGDConfig, pgd, pgd_evaluate
 from attacks.updates import global_vector, layout_of, vector_model
 from core.config import NodeConfig, RunConfig
 from core.data import ImageSet, load_splits
+from core.evasion import PGDConfig, pgd, pgd_evaluate
 from core.job import LocalJob, LocalResult
 from core.models import build_model
 from core.params import flatten_record, model_to_record, state_to_record

@@ -24,13 +24,13 @@ from attack_jobs import (
 )
 from flwr.app import ArrayRecord
 
-from attacks.adversarial_training import benign_train
 from attacks.aru import load_nonrobust
 from attacks.aru_extract import wrong_labels
 from attacks.collusion import Coalition
 from attacks.registry import policy
 from attacks.updates import global_vector
 from client.local import benign_update
+from core.adversarial_training import benign_train
 from core.config import ConfigError, RunConfig
 
 COLLUDERS = [0, 1]

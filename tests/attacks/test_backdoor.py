@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.adversarial_training import benign_train
 from attacks.backdoor import (
     apply_trigger,
     backdoor,
@@ -16,6 +15,7 @@ from attacks.backdoor import (
     trigger_success,
 )
 from attacks.collusion import Coalition
+from core.adversarial_training import benign_train
 from core.config import ConfigError, NodeConfig, RunConfig
 from core.data import load_splits
 from core.job import LocalJob

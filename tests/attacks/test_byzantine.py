@@ -21,12 +21,12 @@ from attack_jobs import (
     update,
 )
 
-from attacks.adversarial_training import benign_train
 from attacks.byzantine import alie, alie_z
 from attacks.collusion import Coalition
 from attacks.registry import load_policies, policy
 from attacks.updates import global_vector, model_update
 from client.local import benign_update
+from core.adversarial_training import benign_train
 from core.config import RunConfig
 from core.job import LocalJob
 from strategies.aggregators import coordinate_median

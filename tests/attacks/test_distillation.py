@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from attacks.distillation import distill
-from attacks.evasion import PGDConfig, pgd_evaluate
 from core.config import DataConfig, RunConfig
 from core.data import load_splits
+from core.evasion import PGDConfig, pgd_evaluate
 from core.models import build_model
 from core.training import SGDConfig, evaluate, train
 

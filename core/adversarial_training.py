@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks.evasion import PGDConfig, pgd
 from core.config import TrainConfig
+from core.evasion import PGDConfig, pgd
 from core.job import LocalJob, sgd_config
 from core.training import AfterStep, Perturb, train
 
