@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cli import tls
 from cli.processes import ProcessGroup, free_ports, wait_for_port
 from core.roles import BENIGN, validate_role
 
@@ -42,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
     p.add_argument("--threads", type=int, default=1, help="torch threads per ClientApp process")
     p.add_argument("-v", "--verbose", action="store_true", help="stream every Flower log line")
+    tls.add_launch_arguments(p)  # --tls, --auth, --credentials, --intruders
 
 
 def node_roles(spec: str, n: int) -> list[str]:
@@ -50,13 +52,6 @@ def node_roles(spec: str, n: int) -> list[str]:
     if len(roles) > n:
         raise SystemExit(f"--roles names {len(roles)} roles for {n} SuperNodes")
     return [validate_role(r) for r in roles] + [BENIGN] * (n - len(roles))
-
-
-def _flower_config(control_port: int) -> str:
-    return (
-        '[superlink]\ndefault = "launch"\n\n[superlink.launch]\n'
-        f'address = "127.0.0.1:{control_port}"\ninsecure = true\n'
-    )
 
 
 def _relay(stream, log_file: Path, verbose: bool) -> None:
@@ -94,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     run_name = args.run_name or datetime.now(UTC).strftime("launch-%Y%m%d-%H%M%S")
     run_dir = Path(args.output_dir).resolve() / run_name
     work = run_dir.parent / f".{run_name}.launch"
-    fleet, control, appio, *node_ports = free_ports(3 + n)
+    security = tls.launch_security(args, work, n)
+    intruders = tls.parse_intruders(args.intruders)
+    fleet, control, appio, *node_ports = free_ports(3 + n + len(intruders))
     bindir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -108,27 +105,35 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir:
         env["CERTFL_DATA"] = str(Path(args.data_dir).resolve())
     (work / "flwr-home").mkdir(parents=True, exist_ok=True)
-    (work / "flwr-home" / "config.toml").write_text(_flower_config(control))
+    connection = tls.connection_toml("launch", f"127.0.0.1:{control}", security)
+    (work / "flwr-home" / "config.toml").write_text(connection)
     interrupt = _FirstSignalInterrupts()
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
     try:
         with ProcessGroup(work / "logs", env) as group:
             link = group.start("superlink", [
-                str(bindir / "flower-superlink"), "--insecure",
+                str(bindir / "flower-superlink"), *tls.superlink_flags(security),
                 "--fleet-api-address", f"127.0.0.1:{fleet}",
                 "--control-api-address", f"127.0.0.1:{control}",
                 "--host", "127.0.0.1", "--port", str(appio),
             ])  # fmt: skip
             wait_for_port(fleet, link, timeout=60)
             wait_for_port(control, link, timeout=60)
-            for i, (role, port) in enumerate(zip(roles, node_ports, strict=True)):
-                group.start(f"supernode-{i}", [
-                    str(bindir / "flower-supernode"), "--insecure",
+            names = [f"supernode-{i}" for i in range(n)]
+            tls.register_launch_nodes(security, names, bindir, env)
+            watch = tls.SupernodeWatch(group, work / "logs")
+            for i, (role, port) in enumerate(zip(roles, node_ports, strict=False)):
+                group.start(names[i], [
+                    *tls.supernode_command(bindir, security, names[i]),
                     "--superlink", f"127.0.0.1:{fleet}",
                     "--host", "127.0.0.1", "--port", str(port),
                     "--node-config", f"partition-id={i} num-partitions={n} role='{role}'",
                 ])  # fmt: skip
+            extra = tls.start_intruders(
+                group, security, args.intruders, fleet, node_ports[n:], bindir
+            )
+            watch.watch(names + extra)
             print(f"[launch] SuperLink on 127.0.0.1:{fleet} (gRPC), {n} SuperNodes: "
                   f"{', '.join(roles)}; logs in {work / 'logs'}", flush=True)  # fmt: skip
             overrides = [
@@ -147,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                 runner.wait()
             finally:
                 watchdog.cancel()
+                watch.stop()  # SuperNodes leave first, with SIGTERM, while the SuperLink runs
     except KeyboardInterrupt:
         print("[launch] interrupted: every process it started was stopped", flush=True)
         return 130

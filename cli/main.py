@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from cli import certify_cmd, crfl_certify, launch
+from cli import certify_cmd, compose, credentials, crfl_certify, launch, register_keys
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand and run it."""
     parser = argparse.ArgumentParser(prog="certfl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {"launch": launch, "certify": certify_cmd, "crfl-certify": crfl_certify}
+    commands = {
+        "launch": launch,
+        "certify": certify_cmd,
+        "crfl-certify": crfl_certify,
+        "credentials": credentials,
+        "register-keys": register_keys,
+        "compose": compose,
+    }
     for module in commands.values():
         module.add_parser(sub)
     args = parser.parse_args(argv)
