@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"no such public key file: {', '.join(missing)}")
     flwr = shutil.which("flwr") or "flwr"
     try:
-        lines = register_keys(flwr, [Path(k) for k in args.keys], args.superlink, os.environ)
+        lines = register_keys([flwr], [Path(k) for k in args.keys], args.superlink, os.environ)
     except RuntimeError as err:
         raise SystemExit(f"certfl register-keys: {err}") from None
     for line in lines:

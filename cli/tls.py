@@ -122,17 +122,18 @@ def connection_toml(name: str, address: str, sec: Security, default: bool = True
 
 
 def register_keys(
-    flwr: str, public_keys: Iterable[Path], connection: str, env: Mapping[str, str]
+    flwr: Sequence[str], public_keys: Iterable[Path], connection: str, env: Mapping[str, str]
 ) -> list[str]:
     """Register each public key with the SuperLink of `connection` through its Control API
-    (`flwr supernode register KEY.pub CONNECTION`); a key registered before counts as done.
+    (`flwr supernode register KEY.pub CONNECTION`, `flwr` the command that runs the Flower CLI);
+    a key registered before counts as done.
 
     Returns one line per key saying what happened; raises RuntimeError naming the key and
     Flower's message when one cannot be registered.
     """
     outcomes = []
     for key in public_keys:
-        argv = [flwr, "supernode", "register", "--format", "json", str(key)]
+        argv = [*flwr, "supernode", "register", "--format", "json", str(key)]
         argv += [connection] if connection else []
         proc = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=120)
         reply = _json_reply(proc.stdout)
@@ -226,7 +227,7 @@ def register_launch_nodes(sec: Security, names: Sequence[str], bindir: Path, env
     if not sec.auth:
         return
     keys = [sec.creds.node_public_key(name) for name in names]
-    for line in register_keys(str(bindir / "flwr"), keys, "launch", env):
+    for line in register_keys([str(bindir / "flwr")], keys, "launch", env):
         print(f"[launch] {line}", flush=True)
 
 
