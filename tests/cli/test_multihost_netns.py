@@ -120,9 +120,8 @@ def test_supernodes_on_another_host_complete_a_round_over_tls_with_auth(
     logs = tmp_path / "logs"
     on_link, on_nodes = two_hosts.run_in(two_hosts.link), two_hosts.run_in(two_hosts.nodes)
     with ProcessGroup(logs, env) as group:
-        link = start_superlink(
-            group, sec, f"{LINK_IP}:9092", f"{LINK_IP}:9093", 9091, prefix=on_link
-        )
+        # listening on every address of its host, as in the README
+        link = start_superlink(group, sec, "0.0.0.0:9092", "0.0.0.0:9093", 9091, prefix=on_link)
         wait_for_text(logs / "superlink.log", "Starting Fleet API", 60, link)
         keys = [creds.node_public_key(n) for n in [*names, "stray"]]
         registered = register_keys([*on_nodes, str(BINDIR / "flwr")], keys, "remote", env)
