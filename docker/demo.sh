@@ -47,6 +47,7 @@ started=$(date +%s)
 if [ "$build" = 1 ]; then
   echo "[demo] building $CERTFL_IMAGE"
   docker build -t "$CERTFL_IMAGE" -f "$here/Dockerfile" "$repo"
+  echo "[demo] image built in $(( $(date +%s) - started )) s: $(docker image inspect -f '{{.Size}}' "$CERTFL_IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
 fi
 in_image() {  # run a certfl command inside the image, as the calling user, in $1 mounted at /out
   local dir=$1; shift
@@ -81,6 +82,7 @@ trap cleanup EXIT
 trap 'echo "[demo] interrupted"; exit 130' INT TERM
 
 echo "[demo] starting 1 SuperLink + $num SuperNodes ($([ "$tls" = 1 ] && echo "TLS, SuperNode auth" || echo plaintext))"
+up_at=$(date +%s)
 "${compose[@]}" up -d
 # wait until every long-running container reports healthy
 deadline=$(( $(date +%s) + 300 ))
@@ -95,7 +97,8 @@ while :; do
   if [ "$(date +%s)" -gt "$deadline" ]; then echo "$states" >&2; echo "[demo] not healthy after 300 s" >&2; exit 1; fi
   sleep 2
 done
-echo "[demo] all containers healthy after $(( $(date +%s) - started )) s"
+echo "[demo] all containers healthy $(( $(date +%s) - up_at )) s after \`up\`"
+run_at=$(date +%s)
 
 run="compose-$(date -u +%Y%m%d-%H%M%S)"
 overrides="num-rounds=$rounds train.clients-per-round=$num train.min-nodes=$num roles.min-colluders=2"
@@ -106,7 +109,7 @@ log="$CERTFL_RUNS/.$run.flwr-run.log"
 "${compose[@]}" run --rm -T --no-deps runner "${args[@]}" 2>&1 | tee "$log" \
   | grep --line-buffered -E '\[certfl\]|ERROR' || true
 if [ -f "$CERTFL_RUNS/$run/done" ]; then
-  echo "[demo] run directory $CERTFL_RUNS/$run: complete; $(( $(date +%s) - started )) s in all"
+  echo "[demo] run directory $CERTFL_RUNS/$run: complete; the run took $(( $(date +%s) - run_at )) s, $(( $(date +%s) - started )) s in all"
 else
   echo "[demo] run directory $CERTFL_RUNS/$run: INCOMPLETE; flwr output in $log" >&2
   "${compose[@]}" logs --tail 30 >&2
