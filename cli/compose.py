@@ -29,8 +29,9 @@ from typing import Any
 import yaml
 
 from cli.credentials import CredentialPaths, node_names
+from cli.launch import node_roles
 from cli.tls import Security, connection_toml, superlink_flags, supernode_flags
-from core.roles import ATTACK_PREFIX, BENIGN, validate_role
+from core.roles import ATTACK_PREFIX, BENIGN
 
 FLEET_PORT, CONTROL_PORT, LINK_RUNTIME_PORT, NODE_RUNTIME_PORT = 9092, 9093, 9091, 9094
 HEALTH_PORT, SUPEREXEC_HEALTH_PORT = 9095, 9096
@@ -263,10 +264,7 @@ def compose_roles(n: int, spec: str) -> tuple[str, ...]:
     """
     if n < 1:
         raise SystemExit(f"--supernodes = {n}: must be >= 1")
-    roles = [r.strip() for r in spec.split(",") if r.strip()]
-    if len(roles) > n:
-        raise SystemExit(f"--roles names {len(roles)} roles for {n} SuperNodes")
-    return tuple(validate_role(r) for r in roles) + (BENIGN,) * (n - len(roles))
+    return tuple(node_roles(spec, n))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
