@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.credentials import CredentialPaths, ensure_credentials, node_names
+from cli.processes import ProcessGroup
 from cli.supernode_guard import REFUSED_EXIT, REPORT_PREFIX
 
 INTRUDER_KINDS = ("unregistered", "keyless")
@@ -57,6 +58,7 @@ class Security:
 
     @property
     def creds(self) -> CredentialPaths:
+        """The credentials; an error for a plaintext deployment."""
         if self.credentials is None:
             raise ValueError("this deployment runs without TLS: it has no credentials")
         return self.credentials
@@ -231,7 +233,9 @@ def register_launch_nodes(sec: Security, names: Sequence[str], bindir: Path, env
         print(f"[launch] {line}", flush=True)
 
 
-def start_intruders(group, sec: Security, spec: str, fleet: int, ports: Sequence[int], bindir):
+def start_intruders(
+    group: ProcessGroup, sec: Security, spec: str, fleet: int, ports: Sequence[int], bindir: Path
+) -> list[str]:
     """Start the SuperNodes `--intruders` asks for (they dial the launch's Fleet API on
     127.0.0.1:`fleet`, their Runtime APIs on `ports`); returns their names."""
     names = []
@@ -264,7 +268,7 @@ class SupernodeWatch:
     poll_seconds : how often exits are checked.
     """
 
-    def __init__(self, group, log_dir: Path, poll_seconds: float = 0.5) -> None:
+    def __init__(self, group: ProcessGroup, log_dir: Path, poll_seconds: float = 0.5) -> None:
         self.group = group
         self.log_dir = log_dir
         self.poll_seconds = poll_seconds
