@@ -203,10 +203,7 @@ def tls_overlay(roles: tuple[str, ...]) -> dict[str, Any]:
         "register": {
             **_base(environment=CLI_ENVIRONMENT),
             "command": [
-                "certfl",
-                "register-keys",
-                "--superlink",
-                CONNECTION,
+                *("python", "-m", "cli.register_keys", "--superlink", CONNECTION),
                 *(str(c.node_public_key(n)) for n in names),
             ],  # fmt: skip
             "volumes": [

@@ -18,9 +18,14 @@ from cli.tls import register_keys
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `certfl register-keys`."""
-    p = subparsers.add_parser(
-        "register-keys", help="register SuperNode public keys with a SuperLink (idempotent)"
+    _arguments(
+        subparsers.add_parser(
+            "register-keys", help="register SuperNode public keys with a SuperLink (idempotent)"
+        )
     )
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("keys", nargs="+", help="public keys in OpenSSH format (NAME.pub)")
     p.add_argument(
         "--superlink", default="",
@@ -41,3 +46,14 @@ def run(args: argparse.Namespace) -> int:
     for line in lines:
         print(line, flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cli.register_keys`: the same command without importing certfl's others."""
+    p = argparse.ArgumentParser(prog="python -m cli.register_keys", description=__doc__)
+    _arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

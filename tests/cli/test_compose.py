@@ -50,7 +50,7 @@ def test_tls_overlay_gives_each_supernode_only_its_own_key() -> None:
     link = overlay["superlink"]["command"]
     assert "--enable-supernode-auth" in link and "--insecure" not in link
     register = overlay["register"]["command"]
-    assert register[:4] == ["certfl", "register-keys", "--superlink", "docker"]
+    assert register[:5] == ["python", "-m", "cli.register_keys", "--superlink", "docker"]
     for i in range(len(DEFAULT_ROLES)):
         node = overlay[f"supernode-{i}"]
         key = f"/credentials/supernodes/supernode-{i}.key"
