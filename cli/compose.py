@@ -34,7 +34,7 @@ from cli.tls import Security, connection_toml, superlink_flags, supernode_flags
 from core.roles import ATTACK_PREFIX, BENIGN
 
 FLEET_PORT, CONTROL_PORT, LINK_RUNTIME_PORT, NODE_RUNTIME_PORT = 9092, 9093, 9091, 9094
-HEALTH_PORT, SUPEREXEC_HEALTH_PORT = 9095, 9096
+SUPEREXEC_HEALTH_PORT = 9096  # a SuperExec listens on nothing else
 CONTAINER_CREDENTIALS = CredentialPaths(Path("/credentials"))
 TLS = Security(tls=True, auth=True, credentials=CONTAINER_CREDENTIALS)
 DEFAULT_ROLES = ("attack:distillation", "attack:distillation", BENIGN, BENIGN)
@@ -49,13 +49,18 @@ class ComposeFiles:
     files: dict[str, str]
 
 
-def _healthcheck(*health: str, tcp: tuple[str, ...] = ()) -> dict[str, Any]:
-    test = ["CMD", "python", "-m", "cli.healthcheck"]
-    for address in health:
-        test += ["--health", address]
-    for address in tcp:
-        test += ["--tcp", address]
-    return {"test": test, "interval": "3s", "timeout": "5s", "retries": 40, "start_period": "5s"}
+def _healthcheck(*ports: int) -> dict[str, Any]:
+    """Healthy when every port accepts a TCP connection on loopback. Bash's /dev/tcp costs about
+    a millisecond; a Python probe (gRPC health) costs ~0.25 s of CPU, and ten of them every few
+    seconds took a sizeable share of a 2-core machine."""
+    probe = " && ".join(f"exec 3<>/dev/tcp/127.0.0.1/{port}" for port in ports)
+    return {
+        "test": ["CMD", "bash", "-c", probe],
+        "interval": "2s",
+        "timeout": "5s",
+        "retries": 60,
+        "start_period": "5s",
+    }
 
 
 def _healthy() -> dict[str, str]:
@@ -106,7 +111,6 @@ def _superlink_command(sec: Security) -> list[str]:
         "--fleet-api-address", f"0.0.0.0:{FLEET_PORT}",
         "--control-api-address", f"0.0.0.0:{CONTROL_PORT}",
         "--host", "127.0.0.1", "--port", str(LINK_RUNTIME_PORT),
-        "--health-server-address", f"127.0.0.1:{HEALTH_PORT}",
     ]  # fmt: skip
 
 
@@ -118,7 +122,6 @@ def _supernode_command(sec: Security, index: int, roles: tuple[str, ...]) -> lis
         "--superlink", f"superlink:{FLEET_PORT}",
         "--isolation", "process",
         "--host", "127.0.0.1", "--port", str(NODE_RUNTIME_PORT),
-        "--health-server-address", f"127.0.0.1:{HEALTH_PORT}",
         "--node-config", config,
     ]  # fmt: skip
 
@@ -140,10 +143,7 @@ def plain_compose(roles: tuple[str, ...]) -> dict[str, Any]:
             **_base(),
             "command": _superlink_command(Security()),
             "volumes": ["superlink-state:/state"],
-            "healthcheck": _healthcheck(
-                f"127.0.0.1:{HEALTH_PORT}",
-                tcp=(f"127.0.0.1:{FLEET_PORT}", f"127.0.0.1:{CONTROL_PORT}"),
-            ),
+            "healthcheck": _healthcheck(FLEET_PORT, CONTROL_PORT, LINK_RUNTIME_PORT),
         },
         "serverapp": {
             **_base(uid=True),
@@ -153,7 +153,7 @@ def plain_compose(roles: tuple[str, ...]) -> dict[str, Any]:
             # ground_truth.jsonl, for evaluation; the strategy never reads it
             "volumes": [data, "${CERTFL_RUNS:-../runs}:/runs", "colluders:/channel:ro"],
             "depends_on": {"superlink": _healthy()},
-            "healthcheck": _healthcheck(f"127.0.0.1:{SUPEREXEC_HEALTH_PORT}"),
+            "healthcheck": _healthcheck(SUPEREXEC_HEALTH_PORT),
         },
     }
     for i, name in enumerate(node_names(len(roles))):
@@ -161,7 +161,7 @@ def plain_compose(roles: tuple[str, ...]) -> dict[str, Any]:
             **_base(),
             "command": _supernode_command(Security(), i, roles),
             "depends_on": {"superlink": _healthy()},
-            "healthcheck": _healthcheck(f"127.0.0.1:{HEALTH_PORT}"),
+            "healthcheck": _healthcheck(NODE_RUNTIME_PORT),
         }
         volumes = [data]
         if roles[i].startswith(ATTACK_PREFIX):
@@ -172,7 +172,7 @@ def plain_compose(roles: tuple[str, ...]) -> dict[str, Any]:
             "command": _superexec("clientapp", NODE_RUNTIME_PORT),
             "volumes": volumes,
             "depends_on": {name: _healthy()},
-            "healthcheck": _healthcheck(f"127.0.0.1:{SUPEREXEC_HEALTH_PORT}"),
+            "healthcheck": _healthcheck(SUPEREXEC_HEALTH_PORT),
         }
     services["runner"] = {
         **_base(environment=CLI_ENVIRONMENT),
