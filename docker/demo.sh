@@ -70,7 +70,8 @@ fi
 
 cleanup() {
   local code=$?
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap '' INT TERM  # a second Ctrl-C must not cut the teardown short
   if [ "$keep" = 0 ]; then
     echo "[demo] stopping the deployment"
     "${compose[@]}" down -v --remove-orphans --timeout 20 >/dev/null 2>&1 || true
