@@ -31,6 +31,7 @@ import yaml
 from cli.credentials import CredentialPaths, node_names
 from cli.launch import node_roles
 from cli.tls import Security, connection_toml, superlink_flags, supernode_flags
+from core.config import ConfigError
 from core.roles import ATTACK_PREFIX, BENIGN
 
 FLEET_PORT, CONTROL_PORT, LINK_RUNTIME_PORT, NODE_RUNTIME_PORT = 9092, 9093, 9091, 9094
@@ -254,13 +255,14 @@ def render(roles: tuple[str, ...], argv_text: str) -> ComposeFiles:
 
 
 def compose_roles(n: int, spec: str) -> tuple[str, ...]:
-    """The role of each of `n` SuperNodes (`spec` as `certfl launch --roles`, padded benign).
+    """The role of each of `n` SuperNodes (`spec` as `certfl launch --roles`, padded benign);
+    ConfigError for a bad count or role.
 
     >>> compose_roles(3, "attack:backdoor")
     ('attack:backdoor', 'benign', 'benign')
     """
     if n < 1:
-        raise SystemExit(f"--supernodes = {n}: must be >= 1")
+        raise ConfigError(f"--supernodes = {n}: must be >= 1")
     return tuple(node_roles(spec, n))
 
 
@@ -286,8 +288,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write (or --check) the compose files."""
-    roles = compose_roles(args.supernodes, args.roles)
+    """Write (or --check) the compose files; 2 (nothing written) for a bad count or role."""
+    try:
+        roles = compose_roles(args.supernodes, args.roles)
+    except ConfigError as err:
+        print(f"certfl compose: nothing written: {err}")
+        return 2
     argv_text = f"compose -n {len(roles)} --roles {','.join(roles)}"
     out = Path(args.output)
     stale = []

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from cli import certify_cmd, compose, credentials, crfl_certify, launch, register_keys
+from cli import (
+    certify_cmd,
+    compose,
+    credentials,
+    crfl_certify,
+    launch,
+    register_keys,
+    simulation,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "launch": launch,
+        "simulate": simulation,
         "certify": certify_cmd,
         "crfl-certify": crfl_certify,
         "credentials": credentials,

@@ -1,26 +1,28 @@
 """`python -m cli.supernode_guard [--flower-supernode PATH] ARGS...`: Flower's SuperNode, explained.
 
-Runs `flower-supernode ARGS...` unchanged, copies its output, and adds what Flower 1.36 leaves
-out. A SuperNode the SuperLink refuses logs a gRPC error (FAILED_PRECONDITION, code 2001 or 2004)
-and then hangs instead of exiting; one that dials a TLS SuperLink by a name its certificate does
-not list, or that speaks plaintext to a TLS SuperLink, retries forever in silence. The guard
-turns each case into one line a person understands (prefixed `[certfl] SuperNode refused:`),
-stops the SuperNode and exits with code 3, so a supervisor (certfl launch, docker, systemd) sees
-the failure. It probes the SuperLink's TLS once it answers, with Python's ssl module and the
-same root certificates, to name a certificate/address mismatch.
+Runs certfl's SuperNode `python -m cli.supernode ARGS...` (`flower-supernode ARGS...` plus
+`--heartbeat-interval`; `--flower-supernode PATH` runs the program at PATH instead) unchanged,
+copies its output, and adds what Flower 1.36 leaves out. A SuperNode the SuperLink refuses logs
+a gRPC error (FAILED_PRECONDITION, code 2001 or 2004) and then hangs instead of exiting; one that
+dials a TLS SuperLink by a name its certificate does not list, or that speaks plaintext to a TLS
+SuperLink, retries forever in silence. The guard turns each case into one line a person
+understands (prefixed `[certfl] SuperNode refused:`), stops the SuperNode and exits with code 3,
+so a supervisor (certfl launch, docker, systemd) sees the failure. It probes the SuperLink's TLS
+once it answers, with Python's ssl module and the same root certificates, to name a
+certificate/address mismatch.
 
 SIGTERM and SIGINT are passed to the SuperNode once: Flower then deactivates the node at the
 SuperLink, which lets the same key rejoin at once (with SuperNode authentication a node that
-dies without it is refused until the SuperLink misses two heartbeats, 60 s). When the whole
-process tree is signalled at once (as `certfl launch` does), the guard sees that the SuperNode
-already took the signal and does not send a second one, which would kill it mid-goodbye.
+dies without it is refused until the SuperLink misses two heartbeats, 2 x 30 s by default). When
+the whole process tree is signalled at once (as `certfl launch` does), the guard sees that the
+SuperNode already took the signal and does not send a second one, which would kill it
+mid-goodbye.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -35,6 +37,11 @@ from pathlib import Path
 REFUSED_EXIT = 3
 REPORT_PREFIX = "[certfl] SuperNode refused:"
 PROBE_EVERY_S = 2.0
+# Flower's HEARTBEAT_DEFAULT_INTERVAL and HEARTBEAT_PATIENCE (flwr.common.constant; not imported
+# here, which would load most of Flower into every guard): a SuperNode that stops without a
+# goodbye counts as online for HEARTBEAT_PATIENCE x its interval.
+DEFAULT_HEARTBEAT_S = 30.0
+HEARTBEAT_PATIENCE = 2
 
 
 @dataclass(frozen=True)
@@ -47,12 +54,14 @@ class NodeArgs:
     insecure : plaintext, no TLS.
     root_certificates : the CA bundle that verifies the SuperLink, if any.
     private_key : the authentication key, if any.
+    heartbeat_interval : the seconds between heartbeats the SuperNode declares.
     """
 
     superlink: str
     insecure: bool
     root_certificates: str | None
     private_key: str | None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_S
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -76,9 +85,14 @@ def parse_node_args(argv: Sequence[str]) -> NodeArgs:
     p.add_argument("--insecure", action="store_true")
     p.add_argument("--root-certificates", default=None)
     p.add_argument("--auth-supernode-private-key", default=None)
+    p.add_argument("--heartbeat-interval", type=float, default=DEFAULT_HEARTBEAT_S)
     known, _ = p.parse_known_args(list(argv))
     return NodeArgs(
-        known.superlink, known.insecure, known.root_certificates, known.auth_supernode_private_key
+        known.superlink,
+        known.insecure,
+        known.root_certificates,
+        known.auth_supernode_private_key,
+        known.heartbeat_interval,
     )
 
 
@@ -107,7 +121,8 @@ def explain(line: str, node: NodeArgs) -> str | None:
             f"was never registered (run `flwr supernode register {_public_key(key)} "
             "<connection>` against the SuperLink's Control API), or a SuperNode with this key "
             "is still counted online because it stopped without SIGTERM: the SuperLink "
-            "forgets it 60 s after its last heartbeat, then this key can rejoin."
+            f"forgets it {HEARTBEAT_PATIENCE * node.heartbeat_interval:g} s after its last "
+            "heartbeat, then this key can rejoin."
         )
     if "WRONG_VERSION_NUMBER" in line and not node.insecure:
         return (
@@ -312,12 +327,12 @@ class Guard:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the guarded SuperNode with the arguments after the optional --flower-supernode."""
+    """Run the guarded SuperNode with the arguments after the optional --flower-supernode PATH."""
     args = list(sys.argv[1:] if argv is None else argv)
-    binary = shutil.which("flower-supernode") or "flower-supernode"
+    program = [sys.executable, "-m", "cli.supernode"]
     if args[:1] == ["--flower-supernode"]:
-        binary, args = args[1], args[2:]
-    guard = Guard([binary, *args], parse_node_args(args))
+        program, args = [args[1]], args[2:]
+    guard = Guard([*program, *args], parse_node_args(args))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, guard.forward)
     return guard.run()

@@ -17,20 +17,17 @@ or SuperNode and its SuperExec stays on loopback (or a shared network namespace)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.credentials import CredentialPaths, ensure_credentials, node_names
+from cli.credentials import CredentialPaths, ensure_credentials
 from cli.processes import ProcessGroup
-from cli.supernode_guard import REFUSED_EXIT, REPORT_PREFIX
+from cli.supernode_guard import REPORT_PREFIX
+from core.config import ConfigError
 
 INTRUDER_KINDS = ("unregistered", "keyless")
 
@@ -181,22 +178,32 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def launch_security(args: argparse.Namespace, work: Path, n: int) -> Security:
-    """The `Security` that `certfl launch`'s options ask for, with its credentials made."""
-    intruders = parse_intruders(args.intruders)
-    if intruders and not args.auth:
-        raise SystemExit("--intruders needs --auth: without it every SuperNode is accepted")
-    if not (args.tls or args.auth):
-        if args.credentials:
-            raise SystemExit("--credentials needs --tls or --auth")
+def check_launch_options(tls: bool, auth: bool, credentials: str, intruders: str) -> list[str]:
+    """The kinds of refused SuperNodes asked for, once the options `--tls`, `--auth`,
+    `--credentials` and `--intruders` fit together (ConfigError naming the option otherwise).
+
+    >>> check_launch_options(True, True, "", "keyless")
+    ['keyless']
+    """
+    kinds = parse_intruders(intruders)
+    if kinds and not auth:
+        raise ConfigError("--intruders needs --auth: without it every SuperNode is accepted")
+    if credentials and not (tls or auth):
+        raise ConfigError("--credentials needs --tls or --auth")
+    return kinds
+
+
+def launch_security(tls: bool, auth: bool, credentials: Path, names: Sequence[str]) -> Security:
+    """The `Security` of a launch: with `tls` (or `auth`, which implies it) the credentials
+    directory `credentials` with a key pair for each of `names`, made where missing; ConfigError
+    when the directory cannot serve (e.g. a certificate that lacks an address)."""
+    if not (tls or auth):
         return Security()
-    root = Path(args.credentials).resolve() if args.credentials else work / "credentials"
-    names = node_names(n) + [intruder_name(i) for i, _ in enumerate(intruders)]
     try:
-        paths, _ = ensure_credentials(root, node_names=names)
+        paths, _ = ensure_credentials(credentials, node_names=list(names))
     except ValueError as err:
-        raise SystemExit(f"--credentials: {err}") from None
-    return Security(tls=True, auth=args.auth, credentials=paths)
+        raise ConfigError(f"--credentials {credentials}: {err}") from None
+    return Security(tls=True, auth=auth, credentials=paths)
 
 
 def parse_intruders(spec: str) -> list[str]:
@@ -208,7 +215,7 @@ def parse_intruders(spec: str) -> list[str]:
     kinds = [k.strip() for k in spec.split(",") if k.strip()]
     for kind in kinds:
         if kind not in INTRUDER_KINDS:
-            raise SystemExit(f"--intruders: {kind!r} is not one of {', '.join(INTRUDER_KINDS)}")
+            raise ConfigError(f"--intruders entry {kind!r}: allowed: {', '.join(INTRUDER_KINDS)}")
     return kinds
 
 
@@ -217,11 +224,19 @@ def intruder_name(index: int) -> str:
     return f"intruder-{index}"
 
 
-def supernode_command(bindir: Path, sec: Security, key_name: str | None) -> list[str]:
-    """The start of a SuperNode's command line: Flower's `flower-supernode` under certfl's guard
-    (which explains refusals and forwards SIGTERM), with the security flags of `sec`."""
-    guard = [sys.executable, "-m", "cli.supernode_guard", "--flower-supernode"]
-    return [*guard, str(bindir / "flower-supernode"), *supernode_flags(sec, key_name)]
+def supernode_command(
+    sec: Security, key_name: str | None, heartbeat_interval: float | None = None
+) -> list[str]:
+    """The start of a SuperNode's command line: certfl's SuperNode (`python -m cli.supernode`,
+    Flower's `flower-supernode` with a heartbeat interval of `heartbeat_interval` seconds, or
+    Flower's default when None) under certfl's guard (which explains refusals and passes SIGTERM
+    on once), with the security flags of `sec`.
+
+    >>> supernode_command(Security(), None, 10.0)[2:]
+    ['cli.supernode_guard', '--heartbeat-interval', '10', '--insecure']
+    """
+    beat = [] if heartbeat_interval is None else ["--heartbeat-interval", f"{heartbeat_interval:g}"]
+    return [sys.executable, "-m", "cli.supernode_guard", *beat, *supernode_flags(sec, key_name)]
 
 
 def register_launch_nodes(sec: Security, names: Sequence[str], bindir: Path, env: Mapping) -> None:
@@ -234,85 +249,21 @@ def register_launch_nodes(sec: Security, names: Sequence[str], bindir: Path, env
 
 
 def start_intruders(
-    group: ProcessGroup, sec: Security, spec: str, fleet: int, ports: Sequence[int], bindir: Path
+    group: ProcessGroup, sec: Security, kinds: Sequence[str], fleet: int, ports: Sequence[int]
 ) -> list[str]:
-    """Start the SuperNodes `--intruders` asks for (they dial the launch's Fleet API on
-    127.0.0.1:`fleet`, their Runtime APIs on `ports`); returns their names."""
+    """Start the SuperNodes `--intruders` asks for, one per kind (they dial the launch's Fleet
+    API on 127.0.0.1:`fleet`, their Runtime APIs on `ports`); returns their names."""
     names = []
-    for i, (kind, port) in enumerate(zip(parse_intruders(spec), ports, strict=False)):
+    for i, (kind, port) in enumerate(zip(kinds, ports, strict=True)):
         name = intruder_name(i)
         key = name if kind == "unregistered" else None
         group.start(name, [
-            *supernode_command(bindir, sec, key),
+            *supernode_command(sec, key),
             "--superlink", f"127.0.0.1:{fleet}", "--host", "127.0.0.1", "--port", str(port),
             "--node-config", "partition-id=0 num-partitions=1 role='benign'",
         ])  # fmt: skip
         names.append(name)
     return names
-
-
-class SupernodeWatch:
-    """Watches SuperNode processes of a `ProcessGroup`: prints why one was refused the moment
-    it exits with the guard's refusal code, and stops them before anything else.
-
-    With SuperNode authentication a SuperNode must leave with SIGTERM: Flower then deactivates
-    it at the SuperLink, and the same key can rejoin at once. A SuperNode that dies otherwise
-    stays "online" at the SuperLink until two missed heartbeats (60 s in Flower 1.36), and its
-    key is refused until then. So `stop()` signals the SuperNodes first and waits for them,
-    while the SuperLink still runs to receive their goodbyes.
-
-    Parameters
-    ----------
-    group : the `cli.processes.ProcessGroup` the SuperNodes were started in (its `procs`).
-    log_dir : where the group writes `<name>.log`.
-    poll_seconds : how often exits are checked.
-    """
-
-    def __init__(self, group: ProcessGroup, log_dir: Path, poll_seconds: float = 0.5) -> None:
-        self.group = group
-        self.log_dir = log_dir
-        self.poll_seconds = poll_seconds
-        self.names: list[str] = []
-        self.reported: set[str] = set()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def watch(self, names: Iterable[str]) -> SupernodeWatch:
-        """Start watching the SuperNodes `names` (already started in the group)."""
-        self.names += list(names)
-        if not self._thread.is_alive():
-            self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._done.wait(self.poll_seconds):
-            self.report()
-
-    def report(self) -> list[str]:
-        """Print (once) the reason of every watched SuperNode that was refused; return them."""
-        lines = []
-        for name in self.names:
-            proc = self.group.procs.get(name)
-            if name in self.reported or proc is None or proc.poll() != REFUSED_EXIT:
-                continue
-            self.reported.add(name)
-            reason = refusal_reason(self.log_dir / f"{name}.log")
-            lines.append(f"[launch] {name} was refused: {reason}")
-            print(lines[-1], flush=True)
-        return lines
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every watched SuperNode that still runs and wait for them to leave."""
-        self._done.set()
-        procs = [self.group.procs[n] for n in self.names if n in self.group.procs]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):  # the group kills what is left
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        self.report()
 
 
 def refusal_reason(log_file: Path) -> str:

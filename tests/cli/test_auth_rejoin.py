@@ -44,7 +44,7 @@ def test_sigterm_rejoins_at_once_and_a_killed_node_is_refused_until_it_times_out
 
     def node(name: str, port: int):
         return group.start(name, [
-            *supernode_command(BINDIR, sec, "supernode-0"),
+            *supernode_command(sec, "supernode-0"),
             "--superlink", f"127.0.0.1:{fleet}", "--port", str(port),
         ])  # fmt: skip
 

@@ -101,5 +101,19 @@ def test_docker_compose_accepts_eight_generated_supernodes(tmp_path: Path) -> No
     assert services["supernode-7"]["command"][-1] == (
         'partition-id=7 num-partitions=8 role="benign"'
     )
-    with pytest.raises(SystemExit, match="9 roles for 8"):
-        main(["compose", "-n", "8", "--roles", ",".join(["benign"] * 9), "-o", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("n", "roles", "message"),
+    [
+        (8, ",".join(["benign"] * 9), "9 roles for 8"),
+        (2, "attack:no-such-policy", "no attack policy 'no-such-policy' is registered"),
+        (0, "", "--supernodes = 0: must be >= 1"),
+    ],
+)
+def test_a_bad_count_or_role_writes_nothing_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int, roles: str, message: str
+) -> None:
+    assert main(["compose", "-n", str(n), "--roles", roles, "-o", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []

@@ -128,12 +128,12 @@ def test_supernodes_on_another_host_complete_a_round_over_tls_with_auth(
         assert all("registered as node" in line for line in registered), registered
         for i, name in enumerate(names):
             group.start(name, [
-                *on_nodes, *supernode_command(BINDIR, sec, name),
+                *on_nodes, *supernode_command(sec, name),
                 "--superlink", f"{LINK_IP}:9092", "--port", str(9094 + i),
                 "--node-config", f"partition-id={i} num-partitions=2 role='benign'",
             ])  # fmt: skip
         stray = group.start("stray", [
-            *on_nodes, *supernode_command(BINDIR, sec, "stray"),
+            *on_nodes, *supernode_command(sec, "stray"),
             "--superlink", f"{UNNAMED_IP}:9092", "--port", "9099",
         ])  # fmt: skip
         run_config = (

@@ -18,8 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
+from flwr.common import constant
 
-from cli.supernode_guard import REFUSED_EXIT, REPORT_PREFIX, NodeArgs, explain, parse_node_args
+from cli.supernode_guard import (
+    DEFAULT_HEARTBEAT_S,
+    HEARTBEAT_PATIENCE,
+    REFUSED_EXIT,
+    REPORT_PREFIX,
+    NodeArgs,
+    explain,
+    parse_node_args,
+)
 
 KEYLESS = (
     '\tdetails = "{"code": 2001, "public_message": "SuperNode authentication is enabled. '
@@ -55,6 +64,18 @@ def test_node_args_follow_flower_defaults() -> None:
     assert parse_node_args([]) == NodeArgs("127.0.0.1:9092", False, None, None)
     args = ["--root-certificates", "ca", "--superlink", "h:1", "--node-config", "a=1"]
     assert parse_node_args(args) == NodeArgs("h:1", False, "ca", None)
+    # the guard does not import Flower; its copies of Flower's constants must not drift
+    assert (DEFAULT_HEARTBEAT_S, HEARTBEAT_PATIENCE) == (
+        constant.HEARTBEAT_DEFAULT_INTERVAL,
+        constant.HEARTBEAT_PATIENCE,
+    )
+
+
+def test_the_rejoin_delay_named_is_the_heartbeat_window_of_the_node() -> None:
+    node = parse_node_args(["--heartbeat-interval", "12", "--auth-supernode-private-key", "k"])
+    assert node.heartbeat_interval == 12.0
+    assert "forgets it 24 s after its last heartbeat" in explain(UNREGISTERED, node)
+    assert "forgets it 60 s after" in explain(UNREGISTERED, NODE)  # Flower's default 30 s
 
 
 # A stand-in for flower-supernode: prints the given lines, then waits; on SIGTERM it does what
