@@ -1,9 +1,12 @@
 """`certfl launch --tls --auth`: a real SuperLink with TLS and SuperNode authentication, two
 SuperNodes with registered keys that complete a round, and two that must be refused (a key the
-SuperLink never registered, and no key at all) without stopping the run."""
+SuperLink never registered, and no key at all) without stopping the run; an interrupted secure
+launch resumes as the same secure deployment."""
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
 from pathlib import Path
 
@@ -56,6 +59,37 @@ def test_tls_auth_round_completes_and_unregistered_or_keyless_nodes_are_refused(
     assert "requires SuperNode authentication and this SuperNode has no key" in output
     assert "No SuperNode found with the given public key" in link_log
     assert "All SuperNodes must be registered via the CLI" in link_log or "2001" in link_log
+
+
+@pytest.mark.slow
+def test_an_interrupted_auth_launch_resumes_with_tls_auth_and_the_same_keys(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    certfl = str(Path(sys.executable).parent / "certfl")
+    out = tmp_path / "runs"
+    first = [certfl, "launch", str(REPO), "-n", "2", "--auth", "--output-dir", str(out),
+             "--run-name", "secure", "--data-dir", str(data_dir), "-c", TINY,
+             "-c", "num-rounds=2", "--timeout", "400"]  # fmt: skip
+    with watched(first) as (proc, _):
+        for line in proc.stdout:  # stop once round 1 is recorded
+            if "[certfl] round   1/2" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    run_dir = out / "secure"
+    assert proc.returncode == 130, output[-3000:]
+    manifest = json.loads((out / ".secure.launch" / "launch.json").read_text())
+    assert (manifest["tls"], manifest["auth"]) == (True, True)
+    assert manifest["credentials"] == str(out / ".secure.launch" / "credentials")
+
+    resume = [certfl, "launch", "--resume", str(run_dir), "--data-dir", str(data_dir)]
+    with watched(resume) as (proc, _):
+        output, _ = proc.communicate(timeout=460)
+    assert proc.returncode == 0, output[-4000:]
+    assert "(gRPC with TLS and SuperNode auth)" in output
+    # the SuperLink's database kept the keys; the nodes signed off with SIGTERM, so they rejoin
+    assert "supernode-0.pub: already registered" in output and "was refused" not in output
+    assert [r["round"] for r in read_rounds(run_dir / "rounds.jsonl")] == [0, 1, 2]
 
 
 @pytest.mark.slow
