@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from attacks.registry import load_policies
-from cli import certify_cmd, crfl_certify, launch, simulation
+from cli import (
+    certify_cmd,
+    compose,
+    credentials,
+    crfl_certify,
+    launch,
+    register_keys,
+    simulation,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": simulation,
         "certify": certify_cmd,
         "crfl-certify": crfl_certify,
+        "credentials": credentials,
+        "register-keys": register_keys,
+        "compose": compose,
     }
     for module in commands.values():
         module.add_parser(sub)
