@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from cli import certify_cmd, crfl_certify, launch
+from cli import certify_cmd, crfl_certify, experiment, launch, run_report
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand and run it."""
     parser = argparse.ArgumentParser(prog="certfl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {"launch": launch, "certify": certify_cmd, "crfl-certify": crfl_certify}
+    commands = {
+        "launch": launch,
+        "certify": certify_cmd,
+        "crfl-certify": crfl_certify,
+        "experiment": experiment,
+        "report": run_report,
+    }
     for module in commands.values():
         module.add_parser(sub)
     args = parser.parse_args(argv)
