@@ -165,13 +165,22 @@ class Layout:
         return self.root / "logs"
 
 
+def expand(value: Any, layout: Layout, run: PlannedRun) -> Any:
+    """A string override with `{runs}` (this experiment's run directories) and `{seed}` (the
+    run's seed) filled in, so that one arm can use another's output (e.g. ARU's non-robust
+    model: `{runs}/fedavg__seed{seed}/final.pt`); anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    return value.replace("{runs}", str(layout.runs)).replace("{seed}", str(run.seed))
+
+
 def prepare_jobs(p: Plan, layout: Layout, data: str) -> list[RunJob]:
     """Every run's job, its config resolved and validated (ScenarioError on the first bad one)."""
     defaults = app_defaults()
     jobs = []
     for run in p.runs:
-        flat = dict(run.overrides) | {"data.dir": data, "output-dir": str(layout.runs),
-                                      "run-name": run.run_id}  # fmt: skip
+        flat = {k: expand(v, layout, run) for k, v in run.overrides.items()}
+        flat |= {"data.dir": data, "output-dir": str(layout.runs), "run-name": run.run_id}
         cfg = resolved_config(PlannedRun(run.run_id, run.arm, run.seed, flat, run.job_params),
                               defaults)  # fmt: skip
         if p.scenario.job == "central":
@@ -326,7 +335,13 @@ def run(args: argparse.Namespace) -> int:
     status: dict[str, dict[str, Any]] = {}
     if not args.report_only:
         _stop_on_sigterm()
-        status = execute(p, jobs, sys.stderr)
+        try:
+            status = execute(p, jobs, sys.stderr)
+        except KeyboardInterrupt:
+            done = sum((job.run_dir / "done").is_file() for job in jobs)
+            print(f"[experiment {args.name}] interrupted with {done} of {len(jobs)} runs done; "
+                  "the same command resumes", file=sys.stderr)  # fmt: skip
+            return 130
     table = write_reports(p, jobs, layout, status)
     print(table)
     for name in ("results.json", "report.md", "report.html"):

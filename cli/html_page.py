@@ -68,16 +68,18 @@ def table(
     rows: Iterable[Sequence[object]],
     numeric_from: int = 1,
     paper_columns: Iterable[int] = (),
+    paper_rows: Iterable[int] = (),
 ) -> str:
-    """A table of escaped cells; columns from `numeric_from` on are right-aligned, those in
-    `paper_columns` shaded as the paper's numbers."""
-    paper = set(paper_columns)
+    """A table of escaped cells; columns from `numeric_from` on are right-aligned, the cells of
+    `paper_columns` and `paper_rows` shaded as the paper's numbers."""
+    paper, paper_r = set(paper_columns), set(paper_rows)
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
-    for row in rows:
+    for i, row in enumerate(rows):
         cells = []
         for j, cell in enumerate(row):
-            classes = (["num"] if j >= numeric_from else []) + (["paper"] if j in paper else [])
+            shaded = j in paper or (i in paper_r and j > 0)
+            classes = (["num"] if j >= numeric_from else []) + (["paper"] if shaded else [])
             attr = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{attr}>{esc(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -106,3 +108,14 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|---" * len(headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def transpose(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[list, list]:
+    """The table turned: its first column becomes the header row.
+
+    >>> transpose(["arm", "acc"], [["a", "1"], ["b", "2"]])
+    (['arm', 'a', 'b'], [['acc', '1', '2']])
+    """
+    new_headers = [headers[0], *(row[0] for row in rows)]
+    new_rows = [[headers[j], *(row[j] for row in rows)] for j in range(1, len(headers))]
+    return new_headers, new_rows

@@ -71,7 +71,8 @@ def _paper_specs(plan: Plan) -> set[str]:
 def results_table(plan: Plan, arms: Sequence[ArmResult]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the results table: per arm, each outcome beside the paper's."""
     with_paper = _paper_specs(plan)
-    headers = ["arm", "seeds"]
+    objectives = any(a.objective for a in arms)
+    headers = ["arm", "seeds"] + (["objective metric"] if objectives else [])
     for spec in plan.scenario.report.table:
         headers.append(label(spec))
         if spec in with_paper:
@@ -80,6 +81,8 @@ def results_table(plan: Plan, arms: Sequence[ArmResult]) -> tuple[list[str], lis
     for arm in arms:
         seeds = f"{len(arm.run_ids)}" + (f" ({len(arm.failed)} failed)" if arm.failed else "")
         row = [arm.label, seeds]
+        if objectives:
+            row.append(_objective_text(arm))
         for spec in plan.scenario.report.table:
             row.append(format_stat(spec, arm.outcomes.get(spec)))
             if spec in with_paper:
@@ -88,13 +91,25 @@ def results_table(plan: Plan, arms: Sequence[ArmResult]) -> tuple[list[str], lis
     return headers, rows
 
 
-def _paper_columns(plan: Plan) -> list[int]:
-    with_paper, cols, j = _paper_specs(plan), [], 2
+def is_wide(headers: Sequence[str], arms: Sequence[ArmResult]) -> bool:
+    """Many outcomes over few arms read better turned: one row per outcome."""
+    return len(headers) > 12 and len(arms) <= 6
+
+
+def _objective_text(arm: ArmResult) -> str:
+    if not arm.objective:
+        return "-"
+    return label(arm.objective) + (" (lower: attack worked)" if arm.success == "lower" else "")
+
+
+def _paper_columns(plan: Plan, arms: Sequence[ArmResult]) -> list[int]:
+    """The indices of the paper's columns in `results_table` (each right after its spec's)."""
+    with_paper, cols = _paper_specs(plan), []
+    j = 3 if any(a.objective for a in arms) else 2  # the first outcome column
     for spec in plan.scenario.report.table:
-        j += 1
         if spec in with_paper:
-            cols.append(j)
-            j += 1
+            cols.append(j + 1)
+        j += 2 if spec in with_paper else 1
     return cols
 
 
@@ -158,6 +173,8 @@ def experiment_markdown(
     if plan.quick:
         out += [f"> {_quick_warning(plan)}", ""]
     headers, rows = results_table(plan, arms)
+    if is_wide(headers, arms):
+        headers, rows = h.transpose(headers, rows)
     out += ["## Results", "", h.markdown_table(headers, rows), ""]
     if s.paper.findings:
         out += ["## What the paper states", "", *(f"- {f}" for f in s.paper.findings), ""]
@@ -207,7 +224,7 @@ def _heatmaps(plan: Plan, arms: Sequence[ArmResult]) -> list[str]:
                                              "objective" and level.objective else ""))  # fmt: skip
         col_labels = [col_axis.level(cn).title for cn in col_names]
         if spec == "objective":
-            title = "the attack's own objective (cell: its metric; colour: 1 = attack succeeded)"
+            title = "attack objective (colour: 1 = the attack reached its goal)"
             uri = plots.heatmap(row_labels, col_labels, color, text, title, "attack success")
         else:
             present = [v for row in color for v in row if v is not None]
@@ -308,9 +325,14 @@ def experiment_html(
         body.append(h.para(f"{len(failed)} run(s) did not finish: {', '.join(failed)}; their "
                            "logs are under logs/.", "warn"))  # fmt: skip
     headers, rows = results_table(plan, arms)
-    results = [h.table(headers, rows, numeric_from=1, paper_columns=_paper_columns(plan))]
+    if is_wide(headers, arms):
+        headers, rows = h.transpose(headers, rows)
+        paper_rows = [i for i, row in enumerate(rows) if row[0].endswith("(paper)")]
+        results = [h.table(headers, rows, numeric_from=1, paper_rows=paper_rows)]
+    else:
+        results = [h.table(headers, rows, paper_columns=_paper_columns(plan, arms))]
     if s.paper.rows:
-        results.append(h.para(f"Shaded columns: the paper's numbers ({s.paper.source}), typed "
+        results.append(h.para(f"Shaded: the paper's numbers ({s.paper.source}), typed "
                               "in from the paper.", "note"))  # fmt: skip
     body.append(h.section("Results: ours beside the paper's", *results))
     if s.paper.findings:

@@ -25,7 +25,7 @@ SKIP_COLOR = "#7f7f7f"
 def to_data_uri(fig: Figure) -> str:
     """Render `fig` as a PNG data URI and close it."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -154,7 +154,8 @@ def heatmap(
     import numpy as np
 
     data = np.array([[math.nan if v is None else v for v in row] for row in color], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.42 * len(rows)))
+    width, height = max(5.5, 2.5 + 0.8 * len(cols)), max(3.0, 1.5 + 0.42 * len(rows))
+    fig, ax = plt.subplots(figsize=(width, height))
     cmap = plt.get_cmap("magma_r").copy()
     cmap.set_bad("#dddddd")
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")

@@ -12,7 +12,8 @@ paper's numbers typed in from its table (keyed by arm and outcome), `report` wha
 (outcome specs, cli/outcomes.py), `deviations` every way the scenario departs from
 the paper.
 
-Keys are hyphenated as in the run config. A scenario that names an unknown key, level or axis,
+A string override may name `{runs}` (the experiment's run directories) and `{seed}` (the run's
+seed), so that an arm can use an earlier arm's output. Keys are hyphenated as in the run config. A scenario that names an unknown key, level or axis,
 or whose runs would get a run config the ServerApp rejects, fails here with the file, the key
 and what is allowed, before anything runs.
 """
@@ -116,6 +117,7 @@ class Quick(_Strict):
     config: dict[str, Scalar] = {}
     job: dict[str, Scalar] = {}
     levels: dict[str, tuple[str, ...]] = {}  # axis -> the level names kept
+    level_config: dict[str, dict[str, Scalar]] = {}  # level name -> overrides over the level's
     federation: Federation | None = None
     note: str = ""  # what the quick run covers, said in its report
 
@@ -276,6 +278,11 @@ def _check_references(s: Scenario) -> None:
     for axis_name, names in s.quick.levels.items():
         for level in names:
             s.axis(axis_name).level(level)
+    all_levels = {level.name for axis in s.axes for level in axis.levels}
+    for name in s.quick.level_config:
+        if name not in all_levels:
+            raise ValueError(f"quick.level-config names no level {name!r}; levels: "
+                             f"{', '.join(sorted(all_levels))}")  # fmt: skip
     if r.heatmaps and len(s.axes) != 2:
         raise ValueError(f"report.heatmaps needs exactly two axes, the scenario has {len(s.axes)}")
 
@@ -284,7 +291,8 @@ def plan(scenario: Scenario, quick: bool = False, seeds: int | None = None) -> P
     """The runs of `scenario`: every arm (quick: the kept levels) times every seed.
 
     Overrides stack as: scenario `config`, `quick.config`, each level's `config` in axis order
-    (a level is the arm's identity: it wins), then the seed (`config.seed` + i). Job
+    (a level is the arm's identity: it wins) with its `quick.level-config`, then the seed
+    (`config.seed` + i). Job
     parameters stack the same way."""
     q = scenario.quick
     n_seeds = seeds or (q.seeds if quick else scenario.seeds)
@@ -308,6 +316,8 @@ def plan(scenario: Scenario, quick: bool = False, seeds: int | None = None) -> P
         for level in levels:
             overrides |= level.config
             job |= level.job
+            if quick:
+                overrides |= q.level_config.get(level.name, {})
         for seed in seed_values:
             run_id = f"{arm_id(arm)}__seed{seed}"
             runs.append(PlannedRun(run_id, arm, seed, overrides | {"seed": seed}, job))

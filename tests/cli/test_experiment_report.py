@@ -1,0 +1,205 @@
+"""Outcomes, results and reports on run directories written here in the run store's format (the
+numbers are chosen so that every outcome has one right answer); `certfl report RUN_DIR`."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from cli.outcomes import load_run, outcome_value
+from cli.report_page import experiment_html, experiment_markdown, format_value
+from cli.results import collect, results_document
+from cli.scenario import load_scenario, plan
+from core.config import RunConfig
+
+ATTACKS = [3, 5]  # rounds in which the colluders attacked
+SCENARIO = """
+title = "demo"
+summary = "two attacks x two defenses"
+deviations = ["none really"]
+[[axes]]
+name = "attack"
+[[axes.levels]]
+name = "none"
+[[axes.levels]]
+name = "backdoor"
+objective = "final:backdoor_success"
+[[axes.levels]]
+name = "distillation"
+objective = "final:pgd_t_acc"
+success = "lower"
+[[axes]]
+name = "defense"
+[[axes.levels]]
+name = "mean"
+[[axes.levels]]
+name = "gate"
+[paper]
+citation = "Someone et al."
+source = "Table 9"
+[[paper.rows]]
+arm = { attack = "backdoor", defense = "gate" }
+values = { "final:clean_acc" = 0.987, "mitigation-rounds" = ">10" }
+[report]
+table = ["final:clean_acc", "objective", "clean-cost", "attacks-blocked", "mitigation-rounds"]
+heatmaps = ["objective", "clean-cost"]
+curves = ["clean_acc", "pgd_acc"]
+log-curves = ["cert_loss@0.1"]
+baseline = { attack = "none", defense = "mean" }
+"""
+
+
+def round_record(t: int, aggregated: bool, metrics: dict, gate: dict | None = None) -> dict:
+    return {
+        "schema": 1, "round": t, "rule": "median", "sampled": 5, "received": 5, "accepted": 5,
+        "failures": [], "aggregated": aggregated, "skip_reason": "" if aggregated else
+        "gate: cert_loss@0.1 growth", "client": {}, "metrics": metrics, "gate": gate,
+        "timings": {"train_s": 9.0 if t in ATTACKS else 3.0, "aggregate_s": 0.0, "gate_s": 0.0,
+                    "eval_s": 0.1, "round_s": 3.1},
+    }  # fmt: skip
+
+
+def gate_record(accepted: bool, loss: float) -> dict:
+    check = {"metric": "cert_loss@0.1", "value": loss, "reference": 2.0, "bound": 2.2,
+             "criterion": "growth", "passed": accepted}  # fmt: skip
+    return {"accepted": accepted, "warmup": False, "seconds": 1.0,
+            "metrics": {"cert_loss@0.1": loss}, "reference": {"cert_loss@0.1": 2.0},
+            "checks": [check], "failed": [] if accepted else ["cert_loss@0.1 growth"]}  # fmt: skip
+
+
+def write_run(root: Path, name: str, clean: float, attacked: bool, gated: bool) -> Path:
+    """Rounds 0..6; with `attacked`, attacks in ATTACKS, a gated run skips them. tp_confidence is
+    0.9 after round 3 and decays below 0.5 two rounds later, then is up again after round 5."""
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = RunConfig.from_flat({"num-rounds": 6, "roles.malicious-fraction": 0.4 * attacked,
+                               "roles.attack": "backdoor", "gate.enabled": gated})  # fmt: skip
+    (run / "config.json").write_text(json.dumps(cfg.to_flat()))
+    confidence = {3: 0.9, 4: 0.7, 5: 0.95, 6: 0.8}
+    lines = []
+    for t in range(7):
+        hit = attacked and t in ATTACKS
+        skipped = hit and gated
+        metrics = {"clean_acc": clean + 0.01 * t, "pgd_acc": 0.5, "pgd_t_acc": 0.2 if hit else 0.5,
+                   "backdoor_success": 0.8 if attacked and t >= 3 and not gated else 0.0,
+                   "tp_confidence": confidence.get(t, 0.1) if attacked else 0.1,
+                   "cert_loss@0.1": 2.0}  # fmt: skip
+        gate = gate_record(not hit, 300.0 if hit else 2.0) if gated and t > 0 else None
+        lines.append(round_record(t, not skipped, metrics, gate))
+    (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if attacked:
+        truth = [{"round": t, "partition_id": 1, "policy": "backdoor", "attacked": True,
+                  "coalition": [1, 2], "error": ""} for t in ATTACKS]  # fmt: skip
+        (run / "ground_truth.jsonl").write_text("".join(json.dumps(e) + "\n" for e in truth))
+    (run / "done").write_text("42.0\n")
+    return run
+
+
+def test_outcomes_of_one_run(tmp_path: Path) -> None:
+    run = load_run(write_run(tmp_path, "r", clean=0.8, attacked=True, gated=True))
+    assert run.attack_rounds == ATTACKS and run.skipped_rounds == ATTACKS
+    assert outcome_value("final:clean_acc", run) == pytest.approx(0.86)
+    assert outcome_value("max:tp_confidence", run) == 0.95
+    assert outcome_value("min:pgd_t_acc", run) == 0.2
+    assert outcome_value("before-attack:clean_acc", run) == pytest.approx(0.82)
+    assert outcome_value("attack:pgd_t_acc", run) == 0.2
+    assert outcome_value("after-attack-max:tp_confidence", run) == 0.95
+    assert outcome_value("candidate-attack:cert_loss@0.1", run) == 300.0
+    assert outcome_value("attacks-blocked", run) == 1.0
+    assert outcome_value("benign-skipped", run) == 0.0
+    assert outcome_value("attack-rounds", run) == 2.0
+    assert outcome_value("attack-train-s", run) == 9.0
+    assert outcome_value("benign-train-s", run) == 3.0
+    assert outcome_value("wall-s", run) == 42.0
+    assert math.isinf(outcome_value("mitigation-rounds", run))  # round 5 came back before 6
+    assert outcome_value("final:no_such_metric", run) is None
+    clean = load_run(write_run(tmp_path, "c", clean=0.8, attacked=False, gated=False))
+    assert outcome_value("attacks-blocked", clean) is None
+    assert outcome_value("mitigation-rounds", clean) is None
+
+
+def experiment(tmp_path: Path):
+    scenario = load_scenario("demo", _scenario_dir(tmp_path))
+    p = plan(scenario)
+    runs = tmp_path / "runs"
+    records = {}
+    for run in p.runs:
+        levels = dict(run.arm)
+        attacked, gated = levels["attack"] != "none", levels["defense"] == "gate"
+        clean = 0.8 - 0.1 * attacked - 0.05 * gated
+        records[run.run_id] = load_run(write_run(runs, run.run_id, clean, attacked, gated))
+    return p, records
+
+
+def _scenario_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "scenarios"
+    directory.mkdir()
+    (directory / "demo.toml").write_text(SCENARIO)
+    return directory
+
+
+def test_clean_cost_and_objective_need_the_other_arms(tmp_path: Path) -> None:
+    p, records = experiment(tmp_path)
+    arms = {a.arm: a for a in collect(p, records)}
+    base = arms[(("attack", "none"), ("defense", "mean"))]
+    backdoor_gate = arms[(("attack", "backdoor"), ("defense", "gate"))]
+    distill_mean = arms[(("attack", "distillation"), ("defense", "mean"))]
+    assert base.outcomes["clean-cost"].mean == pytest.approx(0.0)
+    assert base.outcomes["objective"] is None and base.objective == ""
+    assert backdoor_gate.outcomes["clean-cost"].mean == pytest.approx(0.15)
+    assert backdoor_gate.outcomes["objective"].mean == 0.0  # the gate kept the backdoor out
+    assert arms[(("attack", "backdoor"), ("defense", "mean"))].outcomes["objective"].mean == 0.8
+    assert distill_mean.objective == "final:pgd_t_acc" and distill_mean.success == "lower"
+    doc = results_document(p, list(arms.values()), {})
+    json.dumps(doc, allow_nan=False)  # strict JSON: inf mitigation rounds are strings
+    assert "inf" in json.dumps(doc)
+
+
+def test_reports_put_the_paper_beside_ours_and_embed_every_plot(tmp_path: Path) -> None:
+    p, records = experiment(tmp_path)
+    arms = collect(p, records)
+    status = {r: {"status": "done", "wall_s": 42.0} for r in records}
+    md = experiment_markdown(p, arms, status)
+    row = next(line for line in md.splitlines() if line.startswith("| backdoor / gate"))
+    assert "| 0.710 | 0.987 |" in row and "| not mitigated | >10 |" in row
+    assert "Someone et al., Table 9" in md and "- none really" in md
+    html = experiment_html(p, arms, records, status)
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 2 + len(arms)  # two heat maps, one curve figure per arm
+    assert all(len(i) > 1000 for i in images)
+    assert "http://" not in html and "https://" not in html  # nothing to fetch
+
+
+def test_certfl_report_shows_gate_reasons_and_ground_truth(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = write_run(tmp_path, "gated", clean=0.8, attacked=True, gated=True)
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "report.html")
+    html = (run / "report.html").read_text()
+    assert "SKIPPED" in html and "cert_loss@0.1 300 (ref 2, growth &lt;= 2.2) FAIL" in html
+    assert html.count("<tr><td>3</td><td>1</td><td>backdoor</td><td>yes</td>") == 1  # ledger
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) == 2
+    with pytest.raises(SystemExit, match="not a run directory"):
+        main(["report", str(tmp_path)])
+
+
+@pytest.mark.parametrize("module", ["cli.outcomes", "cli.results", "cli.report_page",
+                                    "cli.experiment", "cli.central_job", "cli.experiment_jobs",
+                                    "cli.html_page"])  # fmt: skip
+def test_doctests(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_format_value() -> None:
+    assert format_value("final:cert_loss@0.1", 44000.0) == "4.4e+04"
+    assert format_value("attack-rounds", 3.0) == "3" and format_value("attack-rounds", 2.5) == "2.5"
+    assert format_value("final:clean_acc", None) == "-"
