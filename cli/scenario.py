@@ -13,9 +13,9 @@ paper's numbers typed in from its table (keyed by arm and outcome), `report` wha
 the paper.
 
 A string override may name `{runs}` (the experiment's run directories) and `{seed}` (the run's
-seed), so that an arm can use an earlier arm's output. Keys are hyphenated as in the run config. A scenario that names an unknown key, level or axis,
-or whose runs would get a run config the ServerApp rejects, fails here with the file, the key
-and what is allowed, before anything runs.
+seed), so that an arm can use an earlier arm's output. Keys are hyphenated as in the run config.
+A scenario that names an unknown key, level or axis, or whose runs would get a run config the
+ServerApp rejects, fails here with the file, the key and what is allowed, before anything runs.
 """
 
 from __future__ import annotations
