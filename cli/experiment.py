@@ -47,14 +47,23 @@ PLANNED = "planned.json"
 
 
 def time_left(
-    elapsed: float, round_: int, num_rounds: int, runs_after: int, past_walls: Sequence[float]
+    elapsed: float,
+    round_: int,
+    num_rounds: int,
+    runs_after: int,
+    past_walls: Sequence[float],
+    pace: float | None = None,
 ) -> float | None:
-    """Seconds left: the current run at its pace so far (rounds done of `num_rounds`, or the
-    mean of the runs finished in this session before its first round), plus the runs after it
-    at that mean (or at the current run's projected length). None when nothing is known yet.
+    """Seconds left: the current run's remaining rounds at `pace` seconds a round (measured
+    between its round lines; without it, its elapsed time over the rounds done, start-up
+    included), or the mean of the runs finished in this session before its first round; plus
+    the runs after it at that mean (or at the current run's projected length). None when
+    nothing is known yet.
 
     >>> time_left(30.0, 3, 10, 2, [])  # 10 s a round: 70 s to go, then 2 runs of 100 s
     270.0
+    >>> time_left(30.0, 3, 10, 0, [], pace=5.0)  # start-up aside, 5 s a round
+    35.0
     >>> time_left(5.0, 0, 10, 1, [60.0, 80.0])
     135.0
     >>> time_left(5.0, 0, 10, 1, []) is None
@@ -62,7 +71,8 @@ def time_left(
     """
     mean_past = statistics.fmean(past_walls) if past_walls else None
     if round_ > 0:
-        projected = elapsed / round_ * num_rounds
+        rest = (num_rounds - round_) * (pace if pace is not None else elapsed / round_)
+        projected = elapsed + rest
     elif mean_past is not None:
         projected = mean_past
     else:
@@ -99,6 +109,7 @@ class Progress:
     walls: list[float] = field(default_factory=list)
     run_id: str = ""
     started: float = 0.0
+    first_round: tuple[int, float] | None = None  # the current run's first round line, and when
     session_start: float = field(default_factory=time.perf_counter)
 
     def say(self, text: str) -> None:
@@ -106,13 +117,18 @@ class Progress:
         self.stream.flush()
 
     def start(self, index: int, run_id: str) -> None:
-        self.run_id, self.started = run_id, time.perf_counter()
+        self.run_id, self.started, self.first_round = run_id, time.perf_counter(), None
         self.say(f"run {index}/{self.total} {run_id}: started")
 
     def on_round(self, round_: int, num_rounds: int) -> None:
-        elapsed = time.perf_counter() - self.started
+        now = time.perf_counter()
+        elapsed = now - self.started
+        if self.first_round is None:
+            self.first_round = (round_, now)
+        first, at = self.first_round
+        pace = (now - at) / (round_ - first) if round_ > first else None
         runs_after = self.to_run - self.executed - 1
-        left = time_left(elapsed, round_, num_rounds, runs_after, self.walls)
+        left = time_left(elapsed, round_, num_rounds, runs_after, self.walls, pace)
         total = time.perf_counter() - self.session_start
         self.say(f"{self.run_id} | round {round_}/{num_rounds} | run {clock(elapsed)} | "
                  f"session {clock(total)} | ~{clock(left)} left "
@@ -228,26 +244,34 @@ def execute(p: Plan, jobs: Sequence[RunJob], stream: TextIO) -> dict[str, dict[s
         progress.finish(ok)
         status[job.run.run_id] = {"status": "done" if ok else "failed"}
     for job in jobs:
-        if status[job.run.run_id]["status"] == "done":
-            run_post_steps(p, job.run_dir, progress)
+        if status[job.run.run_id]["status"] == "done" and not run_post_steps(p, job, progress):
+            status[job.run.run_id] = {"status": "failed"}
     return status
 
 
-def run_post_steps(p: Plan, run_dir: Path, progress: Progress) -> None:
-    """The scenario's post steps whose output the run directory lacks."""
+def run_post_steps(p: Plan, job: RunJob, progress: Progress) -> bool:
+    """The scenario's post steps whose output the run directory lacks; False if one failed."""
     for name in p.scenario.post:
         output, step = POST_STEPS[name]
-        if not (run_dir / output).is_file():
-            progress.say(f"{run_dir.name}: {name}")
-            step(run_dir)
+        if (job.run_dir / output).is_file():
+            continue
+        progress.say(f"{job.run.run_id}: {name}")
+        try:
+            step(job.run_dir)
+        except Exception as err:  # reported with the run; the other runs' steps still run
+            progress.say(f"{job.run.run_id}: {name} failed: {type(err).__name__}: {err}")
+            return False
+    return True
 
 
-def load_finished(jobs: Sequence[RunJob]) -> dict[str, RunRecord]:
-    """The finished runs, by id."""
+def load_finished(p: Plan, jobs: Sequence[RunJob]) -> dict[str, RunRecord]:
+    """The finished runs of this plan (done, same planned config, post steps' output), by id."""
+    outputs = [POST_STEPS[name][0] for name in p.scenario.post]
     return {
         job.run.run_id: load_run(job.run_dir)
         for job in jobs
-        if (job.run_dir / "done").is_file() and (job.run_dir / "rounds.jsonl").is_file()
+        if is_finished(job.run_dir, planned_record(job.run, job.flat))
+        and all((job.run_dir / output).is_file() for output in outputs)
     }
 
 
@@ -256,7 +280,7 @@ def write_reports(
 ) -> str:
     """results.json, report.md, report.html, and each finished run's report.html; the results
     table as Markdown."""
-    records = load_finished(jobs)
+    records = load_finished(p, jobs)
     for job in jobs:
         st = status.setdefault(job.run.run_id, {"status": "not run"})
         if job.run.run_id in records:

@@ -288,17 +288,29 @@ NAMED_WITH_ARG: dict[str, Callable[[RunRecord, float], float | None]] = {
     "crfl-certified-acc": crfl_certified_accuracy,
 }
 
-# Column headers people read; anything else is shown as its spec.
+# Column headers people read: metric names, then how a reducer phrases them.
+METRIC_NAMES = {
+    "clean_acc": "clean acc",
+    "pgd_acc": "PGD acc",
+    "pgd_t_acc": "PGD acc at T",
+    "backdoor_success": "backdoor success",
+    "edge_case_acc": "edge-case target acc",
+    "tp_confidence": "D_M confidence",
+    "tp_accuracy": "D_M accuracy",
+    "cert_acc": "cert acc",
+    "cert_loss": "cert loss",
+}
+REDUCER_PHRASES = {
+    "final": "{}",
+    "max": "max {}",
+    "min": "min {}",
+    "mean": "mean {}",
+    "before-attack": "{} before the attack",
+    "attack": "{} after attack rounds",
+    "after-attack-max": "max {} from the attack on",
+    "candidate-attack": "{} of attacked candidates (gate)",
+}
 LABELS = {
-    "final:clean_acc": "clean acc",
-    "final:pgd_acc": "PGD acc",
-    "final:pgd_t_acc": "PGD acc at T",
-    "final:backdoor_success": "backdoor success",
-    "final:edge_case_acc": "edge-case target acc",
-    "final:tp_confidence": "D_M confidence",
-    "attack:pgd_t_acc": "PGD acc at T after attack rounds",
-    "attack:pgd_acc": "PGD acc after attack rounds",
-    "attack:clean_acc": "clean acc after attack rounds",
     "attack-rounds": "attack rounds",
     "attacks-blocked": "attack rounds skipped",
     "benign-skipped": "benign rounds skipped",
@@ -314,21 +326,26 @@ LABELS = {
 }
 
 
+def metric_name(metric: str) -> str:
+    """A metric as people read it.
+
+    >>> metric_name("cert_loss@0.1"), metric_name("pgd_t_acc"), metric_name("new_metric")
+    ('cert loss @0.1', 'PGD acc at T', 'new_metric')
+    """
+    base, at, radius = metric.partition("@")
+    return METRIC_NAMES.get(base, base) + (f" @{radius}" if at else "")
+
+
 def label(spec: str) -> str:
     """A column header for `spec`.
 
-    >>> label("final:cert_loss@0.1")
-    'cert loss @0.1'
-    >>> label("max:edge_case_acc")
-    'max edge_case_acc'
+    >>> label("final:cert_loss@0.1"), label("attack:pgd_t_acc"), label("crfl-certified@0.02")
+    ('cert loss @0.1', 'PGD acc at T after attack rounds', 'certified @0.02')
     """
     if spec in LABELS:
         return LABELS[spec]
     o = parse_outcome(spec)
-    if o.kind == "final" and "@" in o.arg:
-        metric, radius = o.arg.split("@", 1)
-        return f"{metric.replace('_', ' ')} @{radius}"
-    if o.kind in ("crfl-certified", "crfl-certified-acc"):
-        what = "certified" if o.kind == "crfl-certified" else "certified acc"
-        return f"{what} @{o.arg}"
-    return f"{o.kind} {o.arg}".strip()
+    if o.kind in REDUCER_PHRASES:
+        return REDUCER_PHRASES[o.kind].format(metric_name(o.arg))
+    what = "certified" if o.kind == "crfl-certified" else "certified acc"
+    return f"{what} @{o.arg}"

@@ -27,20 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from cli.outcomes import parse_outcome
-from core.config import ConfigError, RunConfig
+from core.config import ConfigError, RunConfig, _Section, _validate
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = REPO / "experiments"
@@ -55,14 +45,8 @@ class ScenarioError(ValueError):
     """A scenario file that is missing, malformed, or would start runs the app rejects."""
 
 
-def _hyphenate(name: str) -> str:
-    return name.replace("_", "-")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=_hyphenate, populate_by_name=True, extra="forbid", frozen=True
-    )
+# hyphenated keys, unknown keys rejected, immutable: as the run config's sections
+_Strict = _Section
 
 
 class Level(_Strict):
@@ -239,27 +223,14 @@ def load_scenario(name: str, directory: Path = EXPERIMENTS_DIR) -> Scenario:
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(f"{path}: not valid TOML: {err}") from None
     try:
-        scenario = Scenario.model_validate({**raw, "name": name})
-    except ValidationError as err:
-        raise ScenarioError(f"{path}: {_describe(err)}") from None
+        scenario = _validate(Scenario, {**raw, "name": name}, "scenario")
+    except ConfigError as err:
+        raise ScenarioError(f"{path}: {err}") from None
     try:
         _check_references(scenario)
     except (KeyError, ValueError) as err:
         raise ScenarioError(f"{path}: {err.args[0]}") from None
     return scenario
-
-
-def _describe(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"key {key!r} is unknown")
-        elif e["type"] == "missing":
-            lines.append(f"key {key!r} is required")
-        else:
-            lines.append(f"key {key!r} = {e.get('input')!r}: {e['msg']}")
-    return "; ".join(lines)
 
 
 def _check_references(s: Scenario) -> None:

@@ -107,7 +107,7 @@ def test_exclude_removes_arms(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (('summary = "s"', 'summary = "s"\ncolour = 1'), "key 'colour' is unknown"),
+        (('summary = "s"', 'summary = "s"\ncolour = 1'), "scenario key 'colour' is unknown"),
         (('defense = "median" }', 'defense = "krum" }'), "axis 'defense' has no level 'krum'"),
         (('"final:clean_acc", "attacks', '"last:clean_acc", "attacks'), "reducer 'last' unknown"),
         (('deviations = ["d"]', "deviations = []"), "key 'deviations'"),
