@@ -290,9 +290,10 @@ def write_reports(
             write_run_report(job.run_dir)
     arms = collect(p, records)
     write_results(layout.root / "results.json", results_document(p, arms, status))
-    (layout.root / "report.md").write_text(experiment_markdown(p, arms, status), encoding="utf-8")
-    (layout.root / "report.html").write_text(experiment_html(p, arms, records, status),
-                                             encoding="utf-8")  # fmt: skip
+    markdown = experiment_markdown(p, arms, status, records)
+    (layout.root / "report.md").write_text(markdown, encoding="utf-8")
+    html = experiment_html(p, arms, records, status)
+    (layout.root / "report.html").write_text(html, encoding="utf-8")
     headers, rows = results_table(p, arms)
     return html_page.markdown_table(headers, rows)
 

@@ -26,9 +26,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.mitigation import adversarial_rounds, mitigation_rounds
+
+if TYPE_CHECKING:
+    from cli.crfl_certify import SmoothedCertificate
 
 REDUCERS = (
     "final", "max", "min", "mean", "before-attack", "attack", "after-attack-max",
@@ -232,7 +235,8 @@ def benign_train_seconds(run: RunRecord) -> float | None:
     return _train_seconds(run, attacked=False)
 
 
-def _crfl_clean(run: RunRecord):  # noqa: ANN202 (a SmoothedCertificate)
+def _crfl_clean(run: RunRecord) -> SmoothedCertificate | None:
+    """The clean test points' certificates of a run's crfl_certify.json."""
     if run.crfl is None:
         return None
     from cli.crfl_certify import as_certificate

@@ -150,10 +150,20 @@ def run_rows(plan: Plan, run_status: Mapping[str, Mapping[str, Any]]) -> list[li
 
 
 def _header_lines(plan: Plan) -> list[str]:
+    paper = plan.scenario.paper
+    source = f", {paper.source}" if paper.source else ""
+    return [plan.scenario.summary, f"Paper: {paper.citation}{source}"]
+
+
+def paper_statements(plan: Plan) -> list[str]:
+    """What the paper states without numbers, then the notes on its typed-in numbers."""
     s = plan.scenario
-    lines = [s.summary, f"Paper: {s.paper.citation}" + (f", {s.paper.source}" if s.paper.source
-                                                           else "")]  # fmt: skip
-    return lines
+    notes = []
+    for row in s.paper.rows:
+        if row.note:
+            arm = " / ".join(s.axis(a).level(lv).title for a, lv in row.arm.items())
+            notes.append(f"{arm}: {row.note}")
+    return [*s.paper.findings, *notes]
 
 
 def _quick_warning(plan: Plan) -> str:
@@ -165,19 +175,24 @@ def _quick_warning(plan: Plan) -> str:
 
 
 def experiment_markdown(
-    plan: Plan, arms: Sequence[ArmResult], run_status: Mapping[str, Mapping[str, Any]]
+    plan: Plan,
+    arms: Sequence[ArmResult],
+    run_status: Mapping[str, Mapping[str, Any]],
+    records: Mapping[str, RunRecord] | None = None,
 ) -> str:
     """report.md: the same tables as the HTML page, without the plots."""
     s = plan.scenario
     out = [f"# {s.title}", "", *(f"{line}  " for line in _header_lines(plan)), ""]
     if plan.quick:
         out += [f"> {_quick_warning(plan)}", ""]
+    if records is not None and quiet_attackers(records):
+        out += [f"> Malicious clients but no attack in: {', '.join(quiet_attackers(records))}", ""]
     headers, rows = results_table(plan, arms)
     if is_wide(headers, arms):
         headers, rows = h.transpose(headers, rows)
     out += ["## Results", "", h.markdown_table(headers, rows), ""]
-    if s.paper.findings:
-        out += ["## What the paper states", "", *(f"- {f}" for f in s.paper.findings), ""]
+    if paper_statements(plan):
+        out += ["## What the paper states", "", *(f"- {f}" for f in paper_statements(plan)), ""]
     out += ["## Deviations from the paper", "", *(f"- {d}" for d in s.deviations), ""]
     out += ["## Settings", "", h.markdown_table(["key", "value"], settings_rows(plan)), ""]
     out += ["### Arms", "", h.markdown_table(["axis", "level", "overrides"], arm_rows(plan)), ""]
@@ -309,6 +324,14 @@ def _curves(plan: Plan, arms: Sequence[ArmResult], records: Mapping[str, RunReco
     return figures
 
 
+def quiet_attackers(records: Mapping[str, RunRecord]) -> list[str]:
+    """Runs with malicious clients whose ground truth records no attack at all."""
+    return [
+        run_id for run_id, run in records.items()
+        if run.config.get("roles.malicious-fraction", 0) > 0 and not run.attack_rounds
+    ]  # fmt: skip
+
+
 def experiment_html(
     plan: Plan,
     arms: Sequence[ArmResult],
@@ -320,6 +343,11 @@ def experiment_html(
     body = [f"<h1>{h.esc(s.title)}</h1>", *(h.para(line) for line in _header_lines(plan))]
     if plan.quick:
         body.append(h.para(_quick_warning(plan), "warn"))
+    silent = quiet_attackers(records)
+    if silent:
+        body.append(h.para(f"Malicious clients but no attack in: {', '.join(silent)} (the ground "
+                           "truth records none: were roles.min-colluders of them ever sampled "
+                           "together inside the attack window?)", "warn"))  # fmt: skip
     failed = [r for r, st in run_status.items() if st.get("status") == "failed"]
     if failed:
         body.append(h.para(f"{len(failed)} run(s) did not finish: {', '.join(failed)}; their "
@@ -335,8 +363,8 @@ def experiment_html(
         results.append(h.para(f"Shaded: the paper's numbers ({s.paper.source}), typed "
                               "in from the paper.", "note"))  # fmt: skip
     body.append(h.section("Results: ours beside the paper's", *results))
-    if s.paper.findings:
-        body.append(h.section("What the paper states", h.bullets(s.paper.findings)))
+    if paper_statements(plan):
+        body.append(h.section("What the paper states", h.bullets(paper_statements(plan))))
     heatmaps = _heatmaps(plan, arms) if s.report.heatmaps else []
     figures = _bars(plan, arms) + heatmaps + _lines(plan, arms) + _curves(plan, arms, records)
     if figures:

@@ -203,3 +203,14 @@ def test_format_value() -> None:
     assert format_value("final:cert_loss@0.1", 44000.0) == "4.4e+04"
     assert format_value("attack-rounds", 3.0) == "3" and format_value("attack-rounds", 2.5) == "2.5"
     assert format_value("final:clean_acc", None) == "-"
+
+
+def test_a_run_whose_colluders_never_attacked_is_flagged(tmp_path: Path) -> None:
+    p, records = experiment(tmp_path)
+    quiet = next(r for r in records if r.startswith("backdoor__mean"))
+    (records[quiet].run_dir / "ground_truth.jsonl").unlink()  # they never met: no attack
+    records[quiet] = load_run(records[quiet].run_dir)
+    arms = collect(p, records)
+    md = experiment_markdown(p, arms, {}, records)
+    assert f"> Malicious clients but no attack in: {quiet}" in md
+    assert f"no attack in: {quiet}" in experiment_html(p, arms, records, {})
