@@ -40,7 +40,7 @@ def format_value(spec: str, value: float | str | None) -> str:
     o = parse_outcome(spec)
     if "loss" in o.arg or o.kind.endswith("-s") or o.kind == "crfl-median-radius":
         return f"{value:.4g}"
-    if o.kind in ("attack-rounds", "benign-skipped"):
+    if o.kind in ("attack-rounds", "benign-skipped", "mitigation-rounds"):
         return f"{value:.1f}".removesuffix(".0")
     return f"{value:.3f}"
 
