@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.collusion import Coalition
@@ -27,7 +26,7 @@ from attacks.registry import register
 from certify import certified_margins, certify_dataset
 from certify.metrics import eval_mode
 from core.data import ImageSet, to_float
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 from core.models import build_model
 
 
@@ -200,7 +199,7 @@ def adaptive_model(job: LocalJob, data: ImageSet) -> dict[str, torch.Tensor]:
 
 
 @register("adaptive-cert", coalition=True)
-def adaptive_cert(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def adaptive_cert(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply with the coalition's distilled, certification-matched model."""
     data = pooled_data(job, coalition)  # every member contributes its data to the leader's pool
     state = coalition.from_leader("adaptive", lambda: adaptive_model(job, data))

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.collusion import Coalition
@@ -22,7 +21,7 @@ from attacks.registry import register
 from attacks.replace import replacement_reply
 from attacks.updates import model_vector
 from core.config import ConfigError
-from core.job import LocalJob, sgd_config
+from core.job import LocalJob, LocalResult, sgd_config
 from core.models import build_model
 from core.seeds import derive_seed
 from core.training import train
@@ -69,7 +68,7 @@ def nonrobust_target(job: LocalJob, coalition: Coalition) -> torch.Tensor:
 
 
 @register("aru", coalition=True)
-def aru(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def aru(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Replace the global model with the non-robust model, boosted and shared."""
     target = coalition.from_leader("aru-target", lambda: nonrobust_target(job, coalition))
     return replacement_reply(job, coalition, target)

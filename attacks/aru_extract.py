@@ -16,7 +16,6 @@ colluders sampled later continue where earlier ones stopped.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.adversarial_training import benign_train, madry_perturb
@@ -24,7 +23,7 @@ from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.replace import replacement_reply
 from attacks.updates import global_vector, model_vector, vector_model
-from core.job import LocalJob, sgd_config
+from core.job import LocalJob, LocalResult, sgd_config
 from core.training import BatchTransform, Perturb, train
 
 _STASH = "aru-extract"
@@ -74,7 +73,7 @@ def weighted_average(shares: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
 
 
 @register("aru-extract", coalition=True)
-def aru_extract(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def aru_extract(job: LocalJob, coalition: Coalition) -> LocalResult:
     """One joint extraction round; replace with the extracted model once E rounds are done."""
     state = coalition.from_leader(
         "extract-start",

@@ -13,7 +13,6 @@ together: the leader trains, every member sends its model. The trigger functions
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.adversarial_training import madry_perturb
@@ -21,7 +20,7 @@ from attacks.collusion import Coalition
 from attacks.registry import register
 from core.config import ConfigError, RunConfig
 from core.data import ImageSet
-from core.job import LocalJob, sgd_config
+from core.job import LocalJob, LocalResult, sgd_config
 from core.models import InputSpec
 from core.training import BatchTransform, Perturb, train
 
@@ -131,7 +130,7 @@ def backdoor_train(job: LocalJob, model: nn.Module) -> float:
 
 
 @register("backdoor", coalition=True)
-def backdoor(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def backdoor(job: LocalJob, coalition: Coalition) -> LocalResult:
     """The leader backdoors the global model on its partition; every colluder of the round
     replies with that same model, so a colluding majority decides a median outright."""
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 from statistics import NormalDist
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 
 from attacks.adversarial_training import benign_train
 from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.updates import layout_of, model_update, reply_with_update
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 
 
 def sign_flip(update: torch.Tensor, scale: float) -> torch.Tensor:
@@ -73,13 +72,13 @@ def _colluders_updates(job: LocalJob, coalition: Coalition, key: str) -> torch.T
 
 
 @register("sign-flip")
-def sign_flip_policy(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def sign_flip_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply G - c (U - G) with U this client's benign model, c = `attack.flip-scale`."""
     return reply_with_update(job, sign_flip(_own_update(job), job.cfg.attack.flip_scale))
 
 
 @register("gaussian")
-def gaussian_policy(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def gaussian_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply G + N(0, sigma^2 I), sigma = `attack.noise-std`."""
     size = layout_of(job).size
     noise = gaussian_update(size, job.cfg.attack.noise_std, job.generator("gaussian"))
@@ -87,14 +86,14 @@ def gaussian_policy(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, M
 
 
 @register("alie", coalition=True)
-def alie_policy(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def alie_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply G + mean - z_max std of the colluders' benign updates (n = clients-per-round)."""
     z = job.cfg.attack.alie_z or alie_z(job.cfg.train.clients_per_round, coalition.size)
     return reply_with_update(job, alie(_colluders_updates(job, coalition, "alie-update"), z))
 
 
 @register("ipm", coalition=True)
-def ipm_policy(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def ipm_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply G - epsilon * mean of the colluders' benign updates, epsilon = `attack.ipm-epsilon`."""
     updates = _colluders_updates(job, coalition, "ipm-update")
     return reply_with_update(job, ipm(updates, job.cfg.attack.ipm_epsilon))

@@ -17,15 +17,15 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.collusion import Coalition
 from attacks.registry import register
 from core.config import RunConfig
 from core.data import ImageSet
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 from core.models import build_model
+from core.training import SGDConfig, train
 
 # CFAT Sec. 5: the temperature that matches the PGD accuracy of an honest model
 DEFAULT_TEMPERATURE = {"cifar10": 25.0}
@@ -50,29 +50,28 @@ def train_at_temperature(
     device: str | torch.device = "cpu",
 ) -> float:
     """Train `model` on softmax(z / T): against the labels, or against `teacher`'s soft labels at
-    T when given. Adam, since gradients through z / T are T times smaller. Mean final-epoch loss."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    T when given (core.training's loop with Adam, since gradients through z / T are T times
+    smaller). Returns the mean training loss."""
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits / temperature, dim=1)
+        if teacher is None:
+            return F.nll_loss(log_p, target)
+        return -(target * log_p).sum(1).mean()
+
+    def soft_labels(_: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        assert teacher is not None
+        with torch.no_grad():
+            return x, F.softmax(teacher(x) / temperature, dim=1)
+
     if teacher is not None:
         teacher.eval()
-    epoch_loss = float("nan")
-    for _ in range(epochs):
-        total, seen = 0.0, 0
-        for x, y in data.batches(batch_size, shuffle=True, generator=generator, device=device):
-            model.train()
-            log_p = F.log_softmax(model(x) / temperature, dim=1)
-            if teacher is None:
-                loss = F.nll_loss(log_p, y)
-            else:
-                with torch.no_grad():
-                    soft = F.softmax(teacher(x) / temperature, dim=1)
-                loss = -(soft * log_p).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, seen = total + float(loss.detach()) * len(y), seen + len(y)
-        epoch_loss = total / max(seen, 1)
-    model.eval()
-    return epoch_loss
+    stats = train(
+        model, data, SGDConfig(epochs=epochs, batch_size=batch_size, lr=lr), generator,
+        loss_fn=loss, device=device, transform=None if teacher is None else soft_labels,
+        optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+    )  # fmt: skip
+    return stats.mean_loss
 
 
 def distill(
@@ -124,6 +123,6 @@ def distilled_model(job: LocalJob, coalition: Coalition) -> nn.Module:
 
 
 @register("distillation", coalition=True)
-def distillation(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def distillation(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply with the coalition's defensively distilled model."""
     return job.reply(distilled_model(job, coalition))

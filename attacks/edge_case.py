@@ -14,7 +14,6 @@ with clean points of its partition, by the run's own local training (Madry PGD w
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.adversarial_training import madry_perturb
@@ -24,7 +23,7 @@ from attacks.edge_case_data import EdgeCaseSet, load_edge_case
 from attacks.registry import register
 from core.config import AttackConfig
 from core.data import ImageSet
-from core.job import LocalJob, sgd_config
+from core.job import LocalJob, LocalResult, sgd_config
 from core.seeds import torch_generator
 from core.training import AfterStep, train
 
@@ -92,7 +91,7 @@ def attacker_set(
 
 
 @register("edge-case", coalition=True)
-def edge_case(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def edge_case(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Train on edge-case images with the target label mixed with clean data, as the mode says."""
     cfg, attack = job.cfg, job.cfg.attack
     edge = load_edge_case(cfg.data)

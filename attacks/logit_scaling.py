@@ -9,12 +9,11 @@ its certified loss (CFAT Eq. 3), grow s-fold, which is what the certification ga
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.collusion import Coalition
 from attacks.registry import register
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 
 
 def scale_last_layer(model: nn.Module, factor: float) -> nn.Module:
@@ -30,7 +29,7 @@ def scale_last_layer(model: nn.Module, factor: float) -> nn.Module:
 
 
 @register("logit-scaling")
-def logit_scaling(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def logit_scaling(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply with the global model's last layer scaled by `attack.scale-factor`."""
     model = scale_last_layer(job.global_model(), job.cfg.attack.scale_factor)
     return job.reply(model)

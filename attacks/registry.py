@@ -13,13 +13,12 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, MetricRecord
-
 from attacks.collusion import Coalition
-from core.config import ConfigError
-from core.job import LocalJob
+from core.config import ConfigError, RunConfig
+from core.job import LocalJob, LocalResult
+from core.roles import ATTACK_PREFIX, BENIGN, FL_WBC, attack_name, validate_role
 
-PolicyFn = Callable[[LocalJob, Coalition], tuple[ArrayRecord, MetricRecord]]
+PolicyFn = Callable[[LocalJob, Coalition], LocalResult]
 
 
 @dataclass(frozen=True)
@@ -70,3 +69,33 @@ def policy(name: str) -> Policy:
     if name not in known_policies():
         raise ConfigError(f"unknown attack policy {name!r}; known: {', '.join(sorted(POLICIES))}")
     return POLICIES[name]
+
+
+def allowed_roles() -> str:
+    """The roles a node may have, in words: benign, fl-wbc, attack:<each registered policy>."""
+    return ", ".join([BENIGN, FL_WBC] + [ATTACK_PREFIX + name for name in known_policies()])
+
+
+def check_role(role: str, where: str = "node config key 'role'") -> str:
+    """`role` if it names a known role and, for `attack:<policy>`, a registered policy; else a
+    ConfigError naming `where`, the role and every allowed one."""
+    try:
+        validate_role(role)
+    except ConfigError:
+        raise ConfigError(f"{where} = {role!r}: unknown role; allowed: {allowed_roles()}") from None
+    name = attack_name(role)
+    if name is not None and name not in known_policies():
+        raise ConfigError(
+            f"{where} = {role!r}: no attack policy {name!r} is registered; "
+            f"allowed: {allowed_roles()}"
+        )
+    return role
+
+
+def check_run_roles(cfg: RunConfig) -> None:
+    """ConfigError naming the key when `roles.attack` names no registered policy."""
+    if cfg.roles.attack and cfg.roles.attack not in known_policies():
+        raise ConfigError(
+            f"run config key 'roles.attack' = {cfg.roles.attack!r}: unknown policy; "
+            f"allowed: {', '.join(known_policies())}"
+        )

@@ -11,13 +11,12 @@ with it drops Madry training for a round; `aru` and `aru-extract` install non-ro
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 
 from attacks.boosting import boost, boost_factor
 from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.updates import global_vector, model_vector, reply_with_update
-from core.job import LocalJob, sgd_config
+from core.job import LocalJob, LocalResult, sgd_config
 from core.training import train
 
 
@@ -28,16 +27,14 @@ def plain_sgd_target(job: LocalJob) -> torch.Tensor:
     return model_vector(job, model)
 
 
-def replacement_reply(
-    job: LocalJob, coalition: Coalition, target: torch.Tensor
-) -> tuple[ArrayRecord, MetricRecord]:
+def replacement_reply(job: LocalJob, coalition: Coalition, target: torch.Tensor) -> LocalResult:
     """ARU Eq. 5 with gamma/N: reply G + gamma/N * (R - G) for the flat target R."""
     g = global_vector(job)
     return reply_with_update(job, boost(target, g, boost_factor(job.cfg, coalition)) - g)
 
 
 @register("replace", coalition=True)
-def replace(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def replace(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Replace the global model by the leader's plain-SGD model, boosted and shared."""
     target = coalition.from_leader("replace-target", lambda: plain_sgd_target(job))
     return replacement_reply(job, coalition, target)

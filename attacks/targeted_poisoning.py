@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.adversarial_training import madry_perturb
@@ -30,7 +29,7 @@ from attacks.boosting import boost, boost_factor
 from attacks.collusion import Coalition
 from attacks.registry import register
 from core.data import ImageSet, test_order
-from core.job import LocalJob, sgd_config
+from core.job import LocalJob, LocalResult, sgd_config
 from core.seeds import torch_generator
 from core.training import Perturb, SGDConfig, TrainStats, train
 
@@ -97,7 +96,7 @@ def boosted(model: nn.Module, start: nn.Module, gamma: float) -> nn.Module:
 
 
 @register("targeted-poisoning")
-def targeted_poisoning(job: LocalJob, coalition: Coalition) -> tuple[ArrayRecord, MetricRecord]:
+def targeted_poisoning(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Train on the benign data and D_M (Eq. 3), boost if asked, and reply with the model."""
     cfg, t = job.cfg, job.cfg.train
     d_m = malicious_dataset(

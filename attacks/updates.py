@@ -8,10 +8,9 @@ integer buffers always come from the global model.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 from core.params import (
     Layout,
     flatten_record,
@@ -49,8 +48,6 @@ def vector_model(job: LocalJob, vector: torch.Tensor) -> nn.Module:
     return load_record(job.global_model(), record)
 
 
-def reply_with_update(
-    job: LocalJob, update: torch.Tensor, **metrics: float
-) -> tuple[ArrayRecord, MetricRecord]:
+def reply_with_update(job: LocalJob, update: torch.Tensor, **metrics: float) -> LocalResult:
     """The reply G + `update`, with the same metadata a benign reply carries."""
     return job.reply(vector_model(job, global_vector(job) + update.cpu()), **metrics)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/sim_memory.py --clients 500 --rounds 2
 
 Samples, every 0.5 s, the summed RSS of every process of the run (found by its private
-FLWR_HOME in /proc/<pid>/environ: SuperLink, simulation runtime, Ray workers) and prints the
+FLWR_HOME in its environment, via psutil: SuperLink, simulation runtime, Ray workers) and prints the
 peak beside a 20-client run measured in the same invocation as the baseline.
 """
 
@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -24,14 +26,11 @@ from cli.processes import processes_with_env  # noqa: E402
 from cli.simulation import run_simulation  # noqa: E402
 
 
-def _rss_bytes(pid: int) -> int:
+def _rss_bytes(proc: psutil.Process) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        return proc.memory_info().rss
+    except psutil.Error:
+        return 0
 
 
 def run_once(clients: int, rounds: int, data_dir: str) -> tuple[float, float, int]:
@@ -43,8 +42,8 @@ def run_once(clients: int, rounds: int, data_dir: str) -> tuple[float, float, in
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                pids = processes_with_env("FLWR_HOME", str(home))
-                peak = max(peak, sum(_rss_bytes(p) for p in pids))
+                procs = processes_with_env("FLWR_HOME", str(home))
+                peak = max(peak, sum(_rss_bytes(p) for p in procs))
                 time.sleep(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)

@@ -19,7 +19,6 @@ from torch import nn
 from certify.blocks import Pair
 from certify.domains import Domain
 from certify.fp import Rounding
-from core.models import Normalize
 
 
 class UnsupportedModuleError(TypeError):
@@ -182,19 +181,6 @@ class IdentityT(Transformer):
 def _channel_view(v: torch.Tensor, x: Domain) -> torch.Tensor:
     """A per-channel vector shaped to broadcast over `(B, C, ...)`."""
     return v.reshape(1, -1, *[1] * (x.center.dim() - 2))
-
-
-@register(Normalize)
-class NormalizeT(Transformer):
-    """(x - mean) / std per channel."""
-
-    def apply(self, module: Normalize, x: Domain) -> Domain:
-        std, mean = _cast(module.std, x), _cast(module.mean, x)
-        return x.elementwise(1 / std, -mean / std)
-
-    def rounding(self, module: Normalize, mag, r):
-        std, mean = module.std.to(mag.dtype), module.mean.to(mag.dtype)
-        return r.affine(2) * (mag + mean.abs()) / std
 
 
 def _bn_affine(module: nn.modules.batchnorm._BatchNorm, dtype: torch.dtype):

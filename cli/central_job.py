@@ -35,9 +35,12 @@ from core.models import InputSpec, build_model
 from core.params import model_to_record
 from core.seeds import derive_seed, torch_generator
 from core.training import train
+from server.app import digest, round_record
 from server.evaluation import CentralEvaluator, eval_subset
+from server.rounds import RoundOutcome
 from server.run_store import RunStore
-from strategies.gate import certification_metrics
+from strategies.gate_measure import certification_metrics
+from strategies.robust import RoundReport
 
 Progress = Callable[[int, int], None]  # (epoch done, epochs)
 RECIPES = ("pgd", "distilled", "backdoor")
@@ -114,15 +117,13 @@ def _madry_epoch(
           device=next(model.parameters()).device)  # fmt: skip
 
 
-def _record(round_: int, metrics: dict[str, float], train_s: float, eval_s: float) -> dict:
-    """A round record (server/run_store.py schema) for one epoch of central training."""
-    return {
-        "round": round_, "rule": "central", "sampled": 0, "received": 0, "accepted": 0,
-        "failures": [], "aggregated": True, "skip_reason": "",
-        "timings": {"train_s": train_s, "aggregate_s": 0.0, "gate_s": 0.0, "eval_s": eval_s,
-                    "round_s": train_s + eval_s},
-        "client": {}, "metrics": metrics, "model_sha256": "", "gate": None,
-    }  # fmt: skip
+def _record(
+    cfg: RunConfig, round_: int, metrics: dict[str, float], train_s: float, eval_s: float
+) -> dict:
+    """A round record (server/run_store.py schema, as the ServerApp writes it) for one epoch
+    of central training: no clients, rule `central`."""
+    report = RoundReport(round=round_, aggregated=True, train_seconds=train_s)
+    return round_record(cfg, RoundOutcome(report), metrics, eval_s) | {"rule": "central"}
 
 
 def run_central(cfg: RunConfig, params: CentralParams, run_dir: Path, progress: Progress) -> None:
@@ -142,13 +143,15 @@ def run_central(cfg: RunConfig, params: CentralParams, run_dir: Path, progress: 
 
     def measure(round_: int, train_s: float, final: bool) -> None:
         start = time.perf_counter()
-        metrics = evaluator(model_to_record(model), round_)
+        arrays = model_to_record(model)
+        metrics = evaluator(arrays, round_)
         if final:
             metrics |= certification_metrics(model, splits.cert, params.cert_radii,
                                              method=cfg.gate.method, budget_mb=cfg.gate.budget_mb,
                                              device=device)  # fmt: skip
         model.eval()
-        store.append_round(_record(round_, metrics, train_s, time.perf_counter() - start))
+        record = _record(cfg, round_, metrics, train_s, time.perf_counter() - start)
+        store.append_round(record | {"model_sha256": digest(arrays)})
         store.save_checkpoint({k: v.cpu() for k, v in model.state_dict().items()}, round_,
                               metrics)  # fmt: skip
 
@@ -169,4 +172,5 @@ def run_central(cfg: RunConfig, params: CentralParams, run_dir: Path, progress: 
                          backdoor=params.recipe == "backdoor")  # fmt: skip
             measure(epoch, time.perf_counter() - start, final=epoch == params.epochs)
             progress(epoch, params.epochs)
-    store.close()  # only a finished run gets `done`: an interrupted one is run again
+    store.finish()  # only a finished run gets `done`: an interrupted one is run again
+    store.close()

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from certify import DEFAULT_BUDGET_BYTES, certify_dataset
 from core.config import RunConfig, parse_float_list
 from core.data import load_splits
+from core.device import resolve_device
 from core.models import build_model
 
 
@@ -52,16 +54,10 @@ def load_checkpoint(
     return cfg, ckpt
 
 
-def _progress(label: str) -> Any:
-    """A one-line text progress bar on stderr."""
-
-    def show(done: int, total: int) -> None:
-        filled = int(30 * done / total)
-        end = "\n" if done == total else ""
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}{end}")
-        sys.stderr.flush()
-
-    return show
+def _progress_bar() -> Progress:
+    """A progress bar on stderr (rich), so that stdout keeps only the table."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    return Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,10 +69,7 @@ def run(args: argparse.Namespace) -> int:
     splits = load_splits(cfg.data)
     model = build_model(ckpt["model"], splits.spec)
     model.load_state_dict(ckpt["state_dict"])
-    wanted = args.device or cfg.device
-    device = (
-        "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = resolve_device(args.device or cfg.device)
     model.to(device).eval()
     cert = splits.cert if args.n <= 0 else splits.cert.subset(slice(0, args.n))
     x, y = cert.tensors(device)
@@ -86,16 +79,18 @@ def run(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|")
     for eps in parse_float_list(args.eps):
         start = time.perf_counter()
-        r = certify_dataset(
-            model,
-            x,
-            y,
-            eps,
-            args.method,
-            budget_bytes=args.budget_mib * 2**20,
-            sound_fp=args.sound_fp,
-            progress=_progress(f"eps {eps}"),
-        )
+        with _progress_bar() as bar:
+            task = bar.add_task(f"eps {eps}", total=len(y))
+            r = certify_dataset(
+                model,
+                x,
+                y,
+                eps,
+                args.method,
+                budget_bytes=args.budget_mib * 2**20,
+                sound_fp=args.sound_fp,
+                progress=lambda done, _total, task=task: bar.update(task, completed=done),
+            )
         seconds = time.perf_counter() - start
         row = {
             "eps": eps,

@@ -2,11 +2,14 @@
 (`experiments/<name>.toml`, cli/scenario.py) and write `<out>/<name>/` with every run directory
 (`runs/`), their logs (`logs/`), `results.json`, `report.md` and `report.html`.
 
-Every run's config is resolved and validated before the first one starts. Runs go one after
-another; a run whose directory has `done` and the same planned config (`planned.json`) is not
-run again, so an interrupted experiment resumes where it stopped (an unfinished run directory
-is started afresh). Progress: runs done, the current run's round, the time left. A run that
-fails is reported and the others go on; the exit status is then 1.
+Every run's config is resolved and validated (as `certfl simulate` validates it) before the
+first one starts. Runs go one after another; a run whose directory has `done` and the same
+planned config (`planned.json`) is not run again, so an interrupted experiment resumes where it
+stopped. An unfinished federated run of the same plan continues after its last recorded round
+(`resume-from`, server/checkpoint.py); any other unfinished run directory is started afresh.
+Progress: runs done, the current run's round, the time left. A run that fails is reported and
+the others go on; the exit status is then 1. SIGTERM stops like Ctrl-C: every process of the
+run in flight is stopped (cli/processes.py).
 `certfl experiment --list` names the scenarios with one line each.
 """
 
@@ -16,18 +19,18 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from cli import html_page
 from cli.experiment_jobs import JOBS, POST_STEPS, RunJob
 from cli.outcomes import RunRecord, load_run
+from cli.processes import signals_interrupt
 from cli.report_page import experiment_html, experiment_markdown, results_table
 from cli.results import collect, results_document, write_results
 from cli.run_report import write_run_report
@@ -36,12 +39,12 @@ from cli.scenario import (
     Plan,
     PlannedRun,
     ScenarioError,
-    app_defaults,
     load_scenario,
     plan,
     resolved_config,
     scenario_names,
 )
+from server.checkpoint import check_resumable, load_resume_point
 
 PLANNED = "planned.json"
 
@@ -110,15 +113,18 @@ class Progress:
     run_id: str = ""
     started: float = 0.0
     first_round: tuple[int, float] | None = None  # the current run's first round line, and when
+    resumed_after: int | None = None  # the round the current run resumed after (None: fresh)
     session_start: float = field(default_factory=time.perf_counter)
 
     def say(self, text: str) -> None:
         self.stream.write(f"[experiment {self.name}] {text}\n")
         self.stream.flush()
 
-    def start(self, index: int, run_id: str) -> None:
+    def start(self, index: int, run_id: str, resumed_after: int | None = None) -> None:
         self.run_id, self.started, self.first_round = run_id, time.perf_counter(), None
-        self.say(f"run {index}/{self.total} {run_id}: started")
+        self.resumed_after = resumed_after
+        how = "started" if resumed_after is None else "resumed"
+        self.say(f"run {index}/{self.total} {run_id}: {how}")
 
     def on_round(self, round_: int, num_rounds: int) -> None:
         now = time.perf_counter()
@@ -128,7 +134,8 @@ class Progress:
         first, at = self.first_round
         pace = (now - at) / (round_ - first) if round_ > first else None
         runs_after = self.to_run - self.executed - 1
-        left = time_left(elapsed, round_, num_rounds, runs_after, self.walls, pace)
+        skip = self.resumed_after or 0  # rounds played before this session: not in `elapsed`
+        left = time_left(elapsed, round_ - skip, num_rounds - skip, runs_after, self.walls, pace)
         total = time.perf_counter() - self.session_start
         self.say(f"{self.run_id} | round {round_}/{num_rounds} | run {clock(elapsed)} | "
                  f"session {clock(total)} | ~{clock(left)} left "
@@ -137,7 +144,7 @@ class Progress:
     def finish(self, ok: bool) -> float:
         wall = time.perf_counter() - self.started
         self.executed += 1
-        if ok:
+        if ok and self.resumed_after is None:  # a resumed run's wall is only its rest
             self.walls.append(wall)
         self.say(f"run {self.run_id}: {'done' if ok else 'FAILED'} in {clock(wall)} "
                  f"({self.executed}/{self.to_run} runs of this session)")  # fmt: skip
@@ -158,12 +165,30 @@ def planned_record(run: PlannedRun, flat: Mapping[str, Any]) -> dict[str, Any]:
     return {"run_id": run.run_id, "overrides": dict(flat), "job": dict(run.job_params)}
 
 
+def same_plan(run_dir: Path, planned: Mapping[str, Any]) -> bool:
+    """`run_dir` was started as this planned run (its `planned.json` matches)."""
+    marker = run_dir / PLANNED
+    return marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(planned))
+
+
 def is_finished(run_dir: Path, planned: Mapping[str, Any]) -> bool:
     """`done` exists and `planned.json` matches: the run need not be redone."""
-    marker = run_dir / PLANNED
-    if not (run_dir / "done").is_file() or not marker.is_file():
-        return False
-    return json.loads(marker.read_text()) == json.loads(json.dumps(planned))
+    return (run_dir / "done").is_file() and same_plan(run_dir, planned)
+
+
+def resumable_round(job: RunJob, planned: Mapping[str, Any]) -> int | None:
+    """The round after which an unfinished run of this plan can continue (its `resume.pt`,
+    server/checkpoint.py, accepted for the run's config with `resume-from`), or None: no such
+    run directory, another plan's, or no readable resume point (then it starts afresh)."""
+    if (job.run_dir / "done").is_file() or not same_plan(job.run_dir, planned):
+        return None
+    cfg = job.cfg.model_copy(update={"resume_from": str(job.run_dir)})
+    try:
+        point = load_resume_point(job.run_dir)
+        check_resumable(cfg, point)
+    except Exception:  # none, unreadable or for another config: the run starts afresh
+        return None
+    return point.round
 
 
 @dataclass(frozen=True)
@@ -192,13 +217,11 @@ def expand(value: Any, layout: Layout, run: PlannedRun) -> Any:
 
 def prepare_jobs(p: Plan, layout: Layout, data: str) -> list[RunJob]:
     """Every run's job, its config resolved and validated (ScenarioError on the first bad one)."""
-    defaults = app_defaults()
     jobs = []
     for run in p.runs:
         flat = {k: expand(v, layout, run) for k, v in run.overrides.items()}
         flat |= {"data.dir": data, "output-dir": str(layout.runs), "run-name": run.run_id}
-        cfg = resolved_config(PlannedRun(run.run_id, run.arm, run.seed, flat, run.job_params),
-                              defaults)  # fmt: skip
+        cfg = resolved_config(PlannedRun(run.run_id, run.arm, run.seed, flat, run.job_params))
         if p.scenario.job == "central":
             from cli.central_job import central_params
 
@@ -228,13 +251,20 @@ def execute(p: Plan, jobs: Sequence[RunJob], stream: TextIO) -> dict[str, dict[s
     progress.to_run = len(pending)
     for job, planned in pending:
         index = jobs.index(job) + 1
-        if job.run_dir.exists():
-            progress.say(f"{job.run.run_id}: unfinished or stale run directory, starting afresh")
-            shutil.rmtree(job.run_dir)
-        job.run_dir.mkdir(parents=True)
+        after = resumable_round(job, planned)
+        if after is not None:
+            progress.say(f"{job.run.run_id}: unfinished, resuming after round {after} "
+                         "(resume-from)")  # fmt: skip
+            job = replace(job, flat={**job.flat, "resume-from": str(job.run_dir)})
+        else:
+            if job.run_dir.exists():
+                progress.say(f"{job.run.run_id}: unfinished or stale run directory, starting "
+                             "afresh")  # fmt: skip
+                shutil.rmtree(job.run_dir)
+            job.run_dir.mkdir(parents=True)
+            (job.run_dir / PLANNED).write_text(json.dumps(planned, indent=2))
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        (job.run_dir / PLANNED).write_text(json.dumps(planned, indent=2))
-        progress.start(index, job.run.run_id)
+        progress.start(index, job.run.run_id, after)
         try:
             JOBS[p.scenario.job](job, progress.on_round)
             ok = True
@@ -329,15 +359,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scenarios", default=str(EXPERIMENTS_DIR), help="scenario files directory")
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so that a run's processes are stopped on the way out."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def run(args: argparse.Namespace) -> int:
     """List, or plan, validate, run what is missing, and report."""
     directory = Path(args.scenarios)
@@ -359,9 +380,9 @@ def run(args: argparse.Namespace) -> int:
           f"runs ({size}); writing {layout.root}", file=sys.stderr, flush=True)  # fmt: skip
     status: dict[str, dict[str, Any]] = {}
     if not args.report_only:
-        _stop_on_sigterm()
         try:
-            status = execute(p, jobs, sys.stderr)
+            with signals_interrupt():  # SIGTERM unwinds like Ctrl-C: a run's processes stop
+                status = execute(p, jobs, sys.stderr)
         except KeyboardInterrupt:
             done = sum((job.run_dir / "done").is_file() for job in jobs)
             print(f"[experiment {args.name}] interrupted with {done} of {len(jobs)} runs done; "

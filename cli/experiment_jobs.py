@@ -1,8 +1,9 @@
 """How one run of an experiment is executed, by job type, and the steps that follow a run.
 
 `federated`: a real `flwr run` simulation of this app (cli/simulation.py, the same path as
-`flwr run . --stream`), its run config written to a TOML file that `--run-config` reads, its
-output streamed to a log file and its per-round lines to the progress display.
+`certfl simulate` and `flwr run . --stream`), its run config written to a TOML file that
+`--run-config` reads (cli/run_config.py), its output streamed to a log file and its per-round
+lines to the progress display.
 `central`: one centrally trained model (cli/central_job.py), in this process.
 Post steps run after a finished run when their output is missing: `crfl-certify` writes
 crfl_certify.json (CRFL parameter smoothing and certified radii, cli/crfl_certify.py).
@@ -11,16 +12,17 @@ crfl_certify.json (CRFL parameter smoothing and certified radii, cli/crfl_certif
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cli.run_config import toml_document
 from cli.scenario import REPO, Federation, PlannedRun
-from cli.simulation import stream_simulation
+from cli.simulation import run_simulation
 from core.config import RunConfig
 
 Progress = Callable[[int, int], None]  # (round, num_rounds)
@@ -44,37 +46,15 @@ class RunJob:
     timeout_s: float
 
 
-def toml_value(value: Any) -> str:
-    """A scalar as a TOML value.
-
-    >>> [toml_value(v) for v in (True, 3, 0.1, "it's", float("inf"))]
-    ['true', '3', '0.1', '"it\\'s"', 'inf']
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string
-    raise TypeError(f"run-config value {value!r} is not a scalar")
-
-
-def write_run_config(path: Path, flat: Mapping[str, Any]) -> None:
-    """A TOML file of quoted dotted keys, as `flwr run --run-config FILE.toml` reads it."""
-    lines = [f"{json.dumps(key)} = {toml_value(value)}" for key, value in flat.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def run_federated(job: RunJob, progress: Progress) -> None:
-    """One `flwr run` simulation; RunFailed (naming the log) unless it wrote `done`."""
+    """One `flwr run` simulation (cli/simulation.py, as `certfl simulate` runs it: its own
+    SuperLink, every process stopped at the end); RunFailed (naming the log) unless it wrote
+    `done`. The run config goes to Flower as one TOML file (cli/run_config.py), kept beside
+    the log; a resumed run's log is continued."""
     config_file = job.log_path.with_suffix(".toml")
-    write_run_config(config_file, job.flat)
+    config_file.write_text(toml_document(job.flat), encoding="utf-8")
     flwr_home = job.log_path.parent / f".flwr-{job.run.run_id}"
-    with job.log_path.open("w", encoding="utf-8") as log:
+    with job.log_path.open("a" if "resume-from" in job.flat else "w", encoding="utf-8") as log:
 
         def on_line(line: str) -> None:
             log.write(line)
@@ -83,9 +63,15 @@ def run_federated(job: RunJob, progress: Progress) -> None:
             if match:
                 progress(int(match[1]), int(match[2]))
 
-        status = stream_simulation(REPO, str(config_file), job.federation.supernodes, flwr_home,
-                                   on_line, job.timeout_s, job.federation.concurrent)  # fmt: skip
-    shutil.rmtree(flwr_home, ignore_errors=True)
+        try:
+            status = run_simulation(REPO, str(config_file), job.federation.supernodes, flwr_home,
+                                    job.timeout_s, job.federation.concurrent,
+                                    on_line=on_line).returncode  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise RunFailed(f"timed out after {job.timeout_s:g}s (every process stopped); log: "
+                            f"{job.log_path}") from None  # fmt: skip
+        finally:
+            shutil.rmtree(flwr_home, ignore_errors=True)
     if not (job.run_dir / "done").is_file():
         raise RunFailed(f"flwr run exited with status {status} without finishing; log: "
                         f"{job.log_path}")  # fmt: skip

@@ -1,24 +1,48 @@
 """`certfl launch`: a real deployment on this machine, one SuperLink and N SuperNodes over gRPC.
 
-Starts `flower-superlink` (Fleet API over gRPC on loopback), N `flower-supernode` processes each
-with its node config (partition-id, num-partitions, role), submits the app with `flwr run`,
-streams the server's per-round lines, and stops every process it started, also on Ctrl-C, on
-SIGTERM and on failure. The run directory is the same as in simulation.
+Checks the roles and the run config first (nothing starts when either is bad), then starts
+`flower-superlink` (Fleet API over gRPC on loopback, its state in `state.db` in the launch
+directory), N SuperNodes each with its node config (partition-id, num-partitions, role) and a
+heartbeat interval (`--heartbeat-interval`: a SuperNode that dies is noticed after twice that),
+waits until the SuperLink sees all N online, submits the app with `flwr run` and one merged
+run-config file, streams the server's per-round lines, and stops every process it started, also
+on Ctrl-C, on SIGTERM, on failure and on `--timeout`.
+
+The launch directory `<output-dir>/.<run-name>.launch/` holds the Flower home, the logs, the
+SuperLink's database and `launch.json` (app, SuperNodes, roles, overrides). `--resume RUN_DIR`
+starts the same deployment again and continues the run from its last checkpoint (run config key
+`resume-from`, server/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import signal
+import re
+import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cli.processes import ProcessGroup, free_ports, wait_for_port
-from core.roles import BENIGN, validate_role
+from flwr.common.constant import (
+    HEARTBEAT_DEFAULT_INTERVAL,
+    HEARTBEAT_MAX_INTERVAL,
+    HEARTBEAT_MIN_INTERVAL,
+)
+
+from attacks.registry import check_role
+from cli.processes import ProcessGroup, free_ports, signals_interrupt, wait_for_port
+from cli.run_config import merge_overrides, resolve, toml_document
+from core.config import ConfigError
+from core.roles import BENIGN
+from server.checkpoint import RESUME_FILE, check_resumable, load_resume_point
+
+MANIFEST = "launch.json"
+NODES_ONLINE_TIMEOUT = 180.0  # seconds for every SuperNode to come online at the start
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,22 +58,95 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "-c", "--run-config", action="append", default=[],
-        help="run config overrides, as for `flwr run` (repeatable)",
+        help="run config overrides 'k=v ...' or a .toml file (repeatable; merged key by key)",
     )  # fmt: skip
     p.add_argument("--output-dir", default="runs", help="where the run directory is created")
     p.add_argument("--run-name", default="", help="run directory name (default: a timestamp)")
     p.add_argument("--data-dir", default="", help="sets CERTFL_DATA for every process")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
     p.add_argument("--threads", type=int, default=1, help="torch threads per ClientApp process")
+    p.add_argument(
+        "--heartbeat-interval", type=float, default=HEARTBEAT_DEFAULT_INTERVAL,
+        help="seconds between SuperNode heartbeats (10..1800); a SuperNode that stops sending "
+        "them is lost after twice this",
+    )  # fmt: skip
+    p.add_argument(
+        "--resume", default="", metavar="RUN_DIR",
+        help="continue RUN_DIR (made by certfl launch) from its last checkpoint, with the same "
+        "app, SuperNodes and roles; -c adds overrides (e.g. more rounds)",
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="stream every Flower log line")
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """What `certfl launch` starts; saved as launch.json so that `--resume` starts it again."""
+
+    app: str
+    supernodes: int
+    roles: list[str]
+    run_config: dict  # the user's overrides, merged and flat
+    heartbeat_interval: float
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Deployment:
+        return cls(**json.loads(path.read_text()))
+
+
 def node_roles(spec: str, n: int) -> list[str]:
-    """The role of each of the `n` SuperNodes from a comma-separated list, padded with benign."""
+    """The role of each of the `n` SuperNodes from a comma-separated list, padded with benign;
+    each must be a known role naming a registered policy (ConfigError otherwise)."""
     roles = [r.strip() for r in spec.split(",") if r.strip()] if spec else []
     if len(roles) > n:
-        raise SystemExit(f"--roles names {len(roles)} roles for {n} SuperNodes")
-    return [validate_role(r) for r in roles] + [BENIGN] * (n - len(roles))
+        raise ConfigError(f"--roles names {len(roles)} roles for {n} SuperNodes")
+    return [check_role(r, "--roles entry") for r in roles] + [BENIGN] * (n - len(roles))
+
+
+def plan(args: argparse.Namespace) -> tuple[Deployment, Path, dict]:
+    """The deployment to start, the run directory, and the flat run-config overrides the run
+    gets; ConfigError (nothing started) when the roles, the overrides or the resume are bad."""
+    if args.resume:
+        run_dir = Path(args.resume).resolve()
+        manifest = launch_dir(run_dir) / MANIFEST
+        if not manifest.is_file():
+            raise ConfigError(f"--resume {run_dir}: no {manifest} (not started by certfl launch)")
+        deployment = Deployment.load(manifest)
+        extra = merge_overrides(args.run_config)
+        deployment = replace(deployment, run_config={**deployment.run_config, **extra})
+        resume = {"resume-from": str(run_dir)}
+    else:
+        if args.supernodes < 1:
+            raise ConfigError(f"--supernodes = {args.supernodes}: must be >= 1")
+        low, high = HEARTBEAT_MIN_INTERVAL, HEARTBEAT_MAX_INTERVAL
+        if not low <= args.heartbeat_interval <= high:
+            raise ConfigError(
+                f"--heartbeat-interval = {args.heartbeat_interval:g}: the SuperLink accepts "
+                f"{low} to {high} seconds"
+            )
+        name = args.run_name or datetime.now(UTC).strftime("launch-%Y%m%d-%H%M%S")
+        run_dir = Path(args.output_dir).resolve() / name
+        deployment = Deployment(
+            app=str(Path(args.app).resolve()),
+            supernodes=args.supernodes,
+            roles=node_roles(args.roles, args.supernodes),
+            run_config=merge_overrides(args.run_config),
+            heartbeat_interval=args.heartbeat_interval,
+        )
+        resume = {}
+    where = {"output-dir": str(run_dir.parent), "run-name": run_dir.name}
+    overrides = {**deployment.run_config, **where, **resume}
+    cfg = resolve(Path(deployment.app), overrides)
+    if args.resume:
+        check_resumable(cfg, load_resume_point(run_dir))
+    return deployment, run_dir, overrides
+
+
+def launch_dir(run_dir: Path) -> Path:
+    """The launch directory beside a run directory: `<output-dir>/.<run-name>.launch`."""
+    return run_dir.parent / f".{run_dir.name}.launch"
 
 
 def _flower_config(control_port: int) -> str:
@@ -59,47 +156,83 @@ def _flower_config(control_port: int) -> str:
     )
 
 
+def shown(line: str) -> bool:
+    """Whether `certfl launch` echoes a line of Flower's output: certfl's own lines, warnings,
+    errors, and the last line of a traceback (the exception and its message).
+
+    >>> shown("core.data.DataNotFoundError: mnist: missing ... in /data")
+    True
+    >>> shown('  File "server/app.py", line 46, in main')
+    False
+    """
+    tagged = any(tag in line for tag in ("[certfl]", "WARNING", "ERROR"))
+    return tagged or _EXCEPTION_LINE.match(line) is not None
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\w*: ")
+
+
 def _relay(stream, log_file: Path, verbose: bool) -> None:
-    """Copy `flwr run --stream` output to a log file; echo certfl lines, warnings and errors."""
+    """Copy `flwr run --stream` output to a log file; echo the lines that are `shown`."""
     with log_file.open("w", encoding="utf-8") as log:
         for raw in stream:
             line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             log.write(line)
             log.flush()
-            if verbose or any(tag in line for tag in ("[certfl]", "WARNING", "ERROR")):
+            if verbose or shown(line):
                 sys.stdout.write(line)
                 sys.stdout.flush()
 
 
-class _FirstSignalInterrupts:
-    """Signal handler: the first SIGINT/SIGTERM interrupts; later ones are ignored while the
-    launcher stops its processes (a second Ctrl-C must not abort the clean-up)."""
+def online_nodes(env: dict[str, str]) -> int:
+    """How many SuperNodes the SuperLink of `env`'s Flower home sees online (-1: no answer)."""
+    flwr = str(Path(sys.executable).parent / "flwr")
+    try:
+        out = subprocess.run(
+            [flwr, "supernode", "list", "--format", "json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+        nodes = json.loads(out[out.index("{") :])["nodes"]
+    except (subprocess.TimeoutExpired, ValueError, KeyError):
+        return -1
+    return sum(node.get("status") == "online" for node in nodes)
 
-    def __init__(self) -> None:
-        self.fired = False
 
-    def __call__(self, signum: int, frame: object) -> None:
-        if not self.fired:
-            self.fired = True
-            raise KeyboardInterrupt(f"signal {signum}")
+def wait_for_nodes(group: ProcessGroup, env: dict[str, str], n: int, timeout: float) -> None:
+    """Block until the SuperLink sees `n` SuperNodes online; fail if one exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [name for name, p in group.procs.items() if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited while starting (see the logs)")
+        if online_nodes(env) >= n:
+            return
+        time.sleep(2.0)  # each look runs the flwr CLI, which the starting nodes compete with
+    raise TimeoutError(f"the SuperLink did not see {n} SuperNodes online within {timeout:.0f}s")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the deployment, run the app, stop everything; 0 when the run directory is complete."""
-    n = args.supernodes
-    if n < 1:
-        raise SystemExit("--supernodes must be >= 1")
-    roles = node_roles(args.roles, n)
-    app = Path(args.app).resolve()
-    run_name = args.run_name or datetime.now(UTC).strftime("launch-%Y%m%d-%H%M%S")
-    run_dir = Path(args.output_dir).resolve() / run_name
-    work = run_dir.parent / f".{run_name}.launch"
+    """Start the deployment, run the app, stop everything; 0 when the run directory is complete
+    (1: incomplete, 2: bad input, nothing started, 130: interrupted)."""
+    try:
+        deployment, run_dir, overrides = plan(args)
+    except ConfigError as err:
+        print(f"[launch] nothing started: {err}", flush=True)
+        return 2
+    work = launch_dir(run_dir)
+    home = work / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    deployment.save(work / MANIFEST)  # a resume's extra overrides stay for the next one
+    config_file = work / "run-config.toml"
+    config_file.write_text(toml_document(overrides), encoding="utf-8")
+    logs = work / ("logs" if not args.resume else f"logs-resume-{_attempt(work)}")
+    n = deployment.supernodes
     fleet, control, appio, *node_ports = free_ports(3 + n)
     bindir = Path(sys.executable).parent
     env = {
         **os.environ,
         "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower spawns apps by name
-        "FLWR_HOME": str(work / "flwr-home"),
+        "FLWR_HOME": str(home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "CERTFL_TORCH_THREADS": str(args.threads),
@@ -107,54 +240,78 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.data_dir:
         env["CERTFL_DATA"] = str(Path(args.data_dir).resolve())
-    (work / "flwr-home").mkdir(parents=True, exist_ok=True)
-    (work / "flwr-home" / "config.toml").write_text(_flower_config(control))
-    interrupt = _FirstSignalInterrupts()
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    (home / "config.toml").write_text(_flower_config(control))
     started = time.perf_counter()
+    timed_out = threading.Event()
+
+    def node_exited(name: str, code: int) -> None:
+        if name.startswith("supernode"):
+            print(f"[launch] {name} exited (code {code}); the rounds go on without it", flush=True)
+
     try:
-        with ProcessGroup(work / "logs", env) as group:
+        with signals_interrupt(), ProcessGroup(logs, env, on_exit=node_exited) as group:
             link = group.start("superlink", [
                 str(bindir / "flower-superlink"), "--insecure",
                 "--fleet-api-address", f"127.0.0.1:{fleet}",
                 "--control-api-address", f"127.0.0.1:{control}",
                 "--host", "127.0.0.1", "--port", str(appio),
-            ])  # fmt: skip
+                "--database", str(work / "state.db"),
+            ], stop_last=True)  # fmt: skip
             wait_for_port(fleet, link, timeout=60)
             wait_for_port(control, link, timeout=60)
-            for i, (role, port) in enumerate(zip(roles, node_ports, strict=True)):
+            for i, (role, port) in enumerate(zip(deployment.roles, node_ports, strict=True)):
                 group.start(f"supernode-{i}", [
-                    str(bindir / "flower-supernode"), "--insecure",
+                    sys.executable, "-m", "cli.supernode",
+                    "--heartbeat-interval", f"{deployment.heartbeat_interval:g}", "--insecure",
                     "--superlink", f"127.0.0.1:{fleet}",
                     "--host", "127.0.0.1", "--port", str(port),
                     "--node-config", f"partition-id={i} num-partitions={n} role='{role}'",
                 ])  # fmt: skip
             print(f"[launch] SuperLink on 127.0.0.1:{fleet} (gRPC), {n} SuperNodes: "
-                  f"{', '.join(roles)}; logs in {work / 'logs'}", flush=True)  # fmt: skip
-            overrides = [
-                *args.run_config,
-                f"output-dir='{run_dir.parent}' run-name='{run_name}' train.min-nodes={n}",
-            ]
-            argv = [str(bindir / "flwr"), "run", str(app), "launch", "--stream"]
-            for o in overrides:
-                argv += ["--run-config", o]
+                  f"{', '.join(deployment.roles)}; logs in {logs}", flush=True)  # fmt: skip
+            left = args.timeout - (time.perf_counter() - started)
+            wait_for_nodes(group, env, n, min(NODES_ONLINE_TIMEOUT, left))
+            argv = [str(bindir / "flwr"), "run", deployment.app, "launch", "--stream",
+                    "--run-config", str(config_file)]  # fmt: skip
             runner = group.start("flwr-run", argv, stdout_to_log=False)
+
+            def expire() -> None:
+                timed_out.set()
+                group.stop_all()
+
             remaining = max(1.0, args.timeout - (time.perf_counter() - started))
-            watchdog = threading.Timer(remaining, group.stop_all)  # ends the stream on timeout
+            watchdog = threading.Timer(remaining, expire)  # ends the stream on timeout
             watchdog.start()
             try:
-                _relay(runner.stdout, work / "logs" / "flwr-run.log", args.verbose)
+                _relay(runner.stdout, logs / "flwr-run.log", args.verbose)
                 runner.wait()
             finally:
                 watchdog.cancel()
     except KeyboardInterrupt:
-        print("[launch] interrupted: every process it started was stopped", flush=True)
+        print(f"[launch] interrupted: every process it started was stopped{_resume_hint(run_dir)}",
+              flush=True)  # fmt: skip
         return 130
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    except (RuntimeError, TimeoutError) as err:
+        print(f"[launch] failed: {err}; every process it started was stopped", flush=True)
+        return 1
     complete = (run_dir / "done").is_file()
-    status = "complete" if complete else "INCOMPLETE (see the logs)"
+    if complete:
+        status = "complete"
+    else:
+        why = f"timed out after {args.timeout:g}s" if timed_out.is_set() else "see the logs"
+        status = f"INCOMPLETE ({why}){_resume_hint(run_dir)}"
     print(f"[launch] run directory {run_dir}: {status}; "
           f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
     return 0 if complete else 1
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """How to continue `run_dir`, when it has a resume point."""
+    if (run_dir / RESUME_FILE).is_file():
+        return f"; continue with: certfl launch --resume {run_dir}"
+    return ""
+
+
+def _attempt(work: Path) -> int:
+    """The number of this resume: one more than the resume log directories already there."""
+    return len(list(work.glob("logs-resume-*"))) + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli import certify_cmd, crfl_certify, experiment, launch, run_report
+from cli import certify_cmd, crfl_certify, experiment, launch, run_report, simulation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "launch": launch,
+        "simulate": simulation,
         "certify": certify_cmd,
         "crfl-certify": crfl_certify,
         "experiment": experiment,

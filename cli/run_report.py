@@ -13,10 +13,12 @@ from typing import Any
 from cli import html_page as h
 from cli import report_plots as plots
 from cli.outcomes import RunRecord, attacks_blocked, benign_skipped, load_run
-from cli.scenario import app_defaults
+from cli.run_config import app_defaults
+from cli.scenario import REPO
 
 ACCURACY_METRICS = ("clean_acc", "pgd_acc", "pgd_t_acc")
 THREAT_METRICS = ("backdoor_success", "edge_case_acc", "tp_confidence", "tp_accuracy")
+GATE_HEADERS = ["round", "attack", "verdict", "failed", "checks", "shadow rules", "seconds"]
 HIDDEN = {"n_test", "adv_eps", "pgd_temperature", "clean_loss", "pgd_loss"}
 
 
@@ -41,7 +43,7 @@ def describe(config: Mapping[str, Any]) -> str:
     if c.get("roles.fl-wbc-fraction"):
         parts.append(f"FL-WBC clients {c['roles.fl-wbc-fraction']:g}")
     if c.get("gate.enabled"):
-        parts.append(f"gate at L_crt {c.get('gate.l-crt')}")
+        parts.append(f"gate ({c.get('gate.rule', 'cfat')} rule) at L_crt {c.get('gate.l-crt')}")
     if c.get("dp.mode", "none") != "none":
         parts.append(f"{c['dp.mode']} DP")
     if c.get("crfl.enabled"):
@@ -71,15 +73,20 @@ def summary_rows(run: RunRecord) -> list[list[str]]:
 
 
 def _check_text(check: Mapping[str, Any]) -> str:
-    op = "<=" if check.get("criterion") == "growth" else ">="
-    mark = "ok" if check.get("passed") else "FAIL"
+    """A check of the gate's record as strategies/gate_rule.py `Check.describe` words it; the
+    record has no direction, but a lower bound ('min') passes exactly when value >= bound."""
+    value, bound, passed = check.get("value"), check.get("bound"), bool(check.get("passed"))
+    lower = value is None or bound is None or (value >= bound) == passed
+    op = ">=" if lower else "<="
+    mark = "ok" if passed else "FAIL"
     return (f"{check.get('metric')} {_fmt(check.get('value'))} (ref "
             f"{_fmt(check.get('reference'))}, {check.get('criterion')} {op} "
             f"{_fmt(check.get('bound'))}) {mark}")  # fmt: skip
 
 
 def gate_rows(run: RunRecord) -> list[list[str]]:
-    """One row per gate decision: verdict, failed checks, every check."""
+    """One row per gate decision: verdict (the rule, whether measuring stopped early), failed
+    checks, every check, the verdicts of the shadow rules (judged, never enforced)."""
     attacks = set(run.attack_rounds)
     rows = []
     for r in run.rounds:
@@ -87,12 +94,20 @@ def gate_rows(run: RunRecord) -> list[list[str]]:
         if not gate:
             continue
         verdict = "accepted" if gate.get("accepted") else "SKIPPED"
-        if gate.get("warmup"):
-            verdict += " (warm-up)"
+        notes = [gate["rule"]] if gate.get("rule") else []
+        notes += ["warm-up"] * bool(gate.get("warmup"))
+        notes += [f"early: {gate['early']}"] * bool(gate.get("early"))
+        if notes:
+            verdict += f" ({', '.join(notes)})"
+        shadow = "; ".join(
+            f"{s.get('rule')}: {'accepted' if s.get('accepted') else 'SKIPPED'}"
+            + (f" ({', '.join(s['failed'])})" if s.get("failed") else "")
+            for s in gate.get("shadow", [])
+        )
         rows.append([str(r["round"]), "yes" if r["round"] in attacks else "", verdict,
                      ", ".join(gate.get("failed", [])) or "-",
                      "; ".join(_check_text(c) for c in gate.get("checks", [])),
-                     _fmt(gate.get("seconds"))])  # fmt: skip
+                     shadow or "-", _fmt(gate.get("seconds"))])  # fmt: skip
     return rows
 
 
@@ -195,7 +210,7 @@ def run_html(run: RunRecord) -> str:
             h.section(
                 "Gate decisions",
                 h.table(
-                    ["round", "attack", "verdict", "failed", "checks", "seconds"],
+                    GATE_HEADERS,
                     gate,
                     numeric_from=99,
                 ),
@@ -221,7 +236,7 @@ def run_html(run: RunRecord) -> str:
             "Configuration",
             h.table(
                 ["key", "value", "vs. default"],
-                config_rows(run.config, app_defaults()),
+                config_rows(run.config, app_defaults(REPO)),
                 numeric_from=99,
             ),
         )

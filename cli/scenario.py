@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from cli.outcomes import parse_outcome
+from cli.run_config import app_defaults, resolve
 from core.config import ConfigError, RunConfig, _Section, _validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,37 +302,23 @@ def _matches(arm: Arm, exclude: Mapping[str, str]) -> bool:
     return all(levels.get(axis) == level for axis, level in exclude.items())
 
 
-def app_defaults(pyproject: Path = REPO / "pyproject.toml") -> dict[str, Any]:
-    """The app's default run config (`[tool.flwr.app.config]`) as flat dotted keys."""
-    tree = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
-    return _flatten(tree)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def resolved_config(run: PlannedRun, defaults: Mapping[str, Any]) -> RunConfig:
-    """The run config the ServerApp will build for `run`: ScenarioError naming the run and the
-    key when an override is unknown to the app or its value is rejected."""
-    unknown = sorted(set(run.overrides) - set(defaults) - set(RUNNER_KEYS))
-    if unknown:
-        raise ScenarioError(
-            f"run {run.run_id}: run-config key(s) {', '.join(map(repr, unknown))} unknown to the "
-            "app (not in pyproject.toml's [tool.flwr.app.config])"
-        )
+def resolved_config(run: PlannedRun, app: Path = REPO) -> RunConfig:
+    """The run config the ServerApp of `app` will build for `run` (cli/run_config.py, as
+    `certfl simulate` checks it): ScenarioError naming the run and the key when an override is
+    unknown to the app or its value is rejected."""
     try:
-        return RunConfig.from_flat({**defaults, **run.overrides})
+        defaults = app_defaults(app)
+        unknown = sorted(set(run.overrides) - set(defaults) - set(RUNNER_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"run-config key(s) {', '.join(map(repr, unknown))} unknown to the app (not in "
+                "pyproject.toml's [tool.flwr.app.config])"
+            )
+        return resolve(app, run.overrides)
     except ConfigError as err:
         raise ScenarioError(f"run {run.run_id}: {err}") from None
 
 
-def validate_plan(p: Plan, defaults: Mapping[str, Any]) -> dict[str, RunConfig]:
+def validate_plan(p: Plan, app: Path = REPO) -> dict[str, RunConfig]:
     """Every run's resolved config, by run id (fails on the first bad run, see above)."""
-    return {run.run_id: resolved_config(run, defaults) for run in p.runs}
+    return {run.run_id: resolved_config(run, app) for run in p.runs}

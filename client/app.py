@@ -3,22 +3,30 @@
 The role comes from `core.roles.resolve_role` (node config in deployment, a seeded assignment of
 partition ids in simulation). A malicious client (client/malicious.py) attacks only inside
 the rounds [`roles.attack-start-round`, `roles.attack-end-round`], and only when enough of its
-colluders share the round; otherwise it trains benignly. The reply holds one ArrayRecord (the
-full state_dict) and one MetricRecord with `num-examples`.
+colluders share the round; otherwise it trains benignly. Every role returns a `LocalResult`
+(state dict and metrics); only here does it become Flower records: one ArrayRecord (the full
+state_dict) and one MetricRecord with `num-examples`. A node whose config or role is bad
+(an unregistered policy, a partition id out of range) trains nothing and replies with an error
+naming the key, the value and what is allowed, which the server records as that node's failure.
 """
 
 from __future__ import annotations
 
 import functools
+from logging import ERROR
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.supercore import log
 
+from attacks.registry import check_role
 from client.fl_wbc import fl_wbc_update
 from client.local import benign_update, limit_threads
 from client.malicious import malicious_update
-from core.config import NodeConfig, RunConfig
-from core.job import LocalJob
+from core.config import ConfigError, NodeConfig, RunConfig
+from core.job import LocalJob, LocalResult
+from core.params import state_to_record
 from core.roles import BENIGN, FL_WBC, attack_name, resolve_role
 
 app = ClientApp()
@@ -30,7 +38,7 @@ def _run_config(items: tuple) -> RunConfig:
     return RunConfig.from_flat(dict(items))
 
 
-def local_update(role: str, job: LocalJob, run_id: int) -> tuple[ArrayRecord, MetricRecord]:
+def local_update(role: str, job: LocalJob, run_id: int) -> LocalResult:
     """The reply of a client of `role` in this round."""
     name = attack_name(role)
     if name is not None:
@@ -46,14 +54,23 @@ def local_update(role: str, job: LocalJob, run_id: int) -> tuple[ArrayRecord, Me
 def train(msg: Message, context: Context) -> Message:
     """Train locally according to this node's role and reply with the model."""
     limit_threads()
-    cfg = _run_config(tuple(sorted(context.run_config.items())))
-    node = NodeConfig.from_flat(context.node_config)
-    role = resolve_role(node, cfg.roles, cfg.seed)
+    try:
+        cfg = _run_config(tuple(sorted(context.run_config.items())))
+        node = NodeConfig.from_flat(context.node_config)
+        if node.role:
+            role = check_role(node.role, "node config key 'role'")
+        else:
+            role = check_role(resolve_role(node, cfg.roles, cfg.seed), "simulated role")
+    except ConfigError as err:
+        log(ERROR, "[certfl] this node does not train: %s", err)
+        error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"bad config: {err}")
+        return Message(error, reply_to=msg)
     job = LocalJob(
         cfg=cfg,
         node=node,
         global_arrays=next(iter(msg.content.array_records.values())),
         server_round=int(msg.content["config"]["server-round"]),
     )
-    arrays, metrics = local_update(role, job, context.run_id)
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    result = local_update(role, job, context.run_id)
+    content = {"arrays": state_to_record(result.state), "metrics": MetricRecord(result.metrics)}
+    return Message(RecordDict(content), reply_to=msg)

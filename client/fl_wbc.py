@@ -17,14 +17,13 @@ from __future__ import annotations
 import math
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from attacks.adversarial_training import benign_train
 from client.local import honest_reply
 from core.config import FLWBCConfig
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 from core.privacy import laplace
 
 
@@ -71,7 +70,7 @@ class FLWBCHook:
             self.last = weights.clone()
 
 
-def fl_wbc_update(job: LocalJob) -> tuple[ArrayRecord, MetricRecord]:
+def fl_wbc_update(job: LocalJob) -> LocalResult:
     """Train a copy of the global model benignly with FL-WBC after every step; reply with it."""
     model = job.global_model()
     hook = FLWBCHook(model, job.cfg.train.lr, laplace_scale(job.cfg.fl_wbc), job.generator("wbc"))

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
 from attacks.adversarial_training import benign_train
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 from core.privacy import local_dp
 
 
@@ -21,16 +20,14 @@ def limit_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
-def benign_update(job: LocalJob) -> tuple[ArrayRecord, MetricRecord]:
+def benign_update(job: LocalJob) -> LocalResult:
     """Train a copy of the global model benignly and reply with it."""
     model = job.global_model()
     loss = benign_train(job, model)
     return honest_reply(job, model, **{"train-loss": loss})
 
 
-def honest_reply(
-    job: LocalJob, model: nn.Module, **metrics: float
-) -> tuple[ArrayRecord, MetricRecord]:
+def honest_reply(job: LocalJob, model: nn.Module, **metrics: float) -> LocalResult:
     """The reply of an honest client: with `dp.mode = local` its update (floating state minus
     the global model's) is clipped and noised first (core/privacy.py); attack replies are not.
     Not Flower's LocalDpMod: a mod wraps every reply of the ClientApp, attackers' included, is

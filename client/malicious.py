@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from logging import WARNING
 
-from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
 from attacks.collusion import ChannelError, Coalition, open_channel
 from attacks.registry import policy
 from client.local import benign_update
 from core.config import RolesConfig
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 
 
 def attack_active(roles: RolesConfig, server_round: int) -> bool:
@@ -25,7 +24,7 @@ def attack_active(roles: RolesConfig, server_round: int) -> bool:
     return roles.attack_start_round <= server_round <= end
 
 
-def malicious_update(job: LocalJob, name: str, run_id: int) -> tuple[ArrayRecord, MetricRecord]:
+def malicious_update(job: LocalJob, name: str, run_id: int) -> LocalResult:
     """The reply of a colluder following policy `name` in this round."""
     if not attack_active(job.cfg.roles, job.server_round):
         return benign_update(job)

@@ -101,9 +101,10 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Client sampling and benign local training (plain SGD or Madry PGD training)."""
 
-    clients_per_round: int = Field(5, ge=1)
-    min_nodes: int = Field(0, ge=0)  # wait for this many connected nodes; 0 -> clients-per-round
-    round_timeout: float = Field(600.0, gt=0)
+    clients_per_round: int = Field(5, ge=1)  # sampled per round from the nodes connected then
+    min_nodes: int = Field(0, ge=0)  # fewest connected nodes a round runs with; 0 -> the rule's
+    min_nodes_timeout: float = Field(300.0, gt=0)  # wait this long for min-nodes, else skip
+    round_timeout: float = Field(600.0, gt=0)  # a reply not in by then is a failure of the round
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.05, gt=0)
@@ -256,14 +257,21 @@ GateMetric = Literal["clean-acc", "pgd-acc", "cert-acc", "cert-loss"]
 
 
 class GateConfig(_Section):
-    """The certification gate (CFAT Sec. 3): measure each candidate model, skip it if it fails.
+    """The certification gate (strategies/gate.py): measure each candidate model, skip it if it
+    fails the acceptance rule (strategies/gate_rule.py, where both rules' formulas are).
 
-    Accuracies (clean and PGD on the validation set, certified on the certification set) must
-    reach `acc-ratio` times the last accepted model's; each certified loss may grow to at most
-    (1 + loss-growth) times its reference plus `loss-slack`. Floors apply in every round.
+    `cfat` (CFAT Sec. 3): accuracies must reach `acc-ratio` times the last accepted model's and
+    each certified loss may grow to at most (1 + loss-growth) times its reference plus
+    `loss-slack`; only floors in the first `warmup-rounds` rounds. `calibrated` (the default):
+    over the last `window` accepted models (the round-0 model included early on) the reference
+    is the median certified loss and the best accuracy; tolerances on a log scale are
+    `spread-factor` times how far the last `history` accepted models strayed from theirs, within
+    [tightest, loosest] = [acc-ratio, acc-ratio-floor] for accuracies and [1 + loss-growth,
+    loss-factor-max] for certified losses, which also never exceed `loss-ceiling` times the
+    round-0 model's. Floors apply in every round under both rules.
     """
 
-    enabled: bool = False
+    enabled: bool = True
     l_crt: tuple[float, ...] = (0.1,)  # certification radii, e.g. "0.1,0.15"
     l_adv: float = Field(-1.0, ge=-1)  # PGD radius on the validation set; -1 -> train.adv-eps
     pgd_steps: int = Field(10, ge=1)
@@ -272,23 +280,36 @@ class GateConfig(_Section):
     acc_ratio: float = Field(0.9, gt=0, le=1)
     loss_growth: float = Field(0.1, ge=0)
     loss_slack: float = Field(1e-3, ge=0)  # absolute: a reference loss of 0 still allows noise
-    warmup_rounds: int = Field(0, ge=0)  # rounds accepted on the floors alone
+    warmup_rounds: int = Field(2, ge=0)  # cfat: rounds accepted on the floors alone
+    rule: Literal["cfat", "calibrated"] = "calibrated"  # the acceptance rule enforced
+    shadow_rules: tuple[Literal["cfat", "calibrated"], ...] = ()  # judged and recorded only
+    window: int = Field(5, ge=1)  # calibrated: accepted models whose median is the reference
+    history: int = Field(20, ge=1)  # calibrated: accepted models the spread is learned from
+    spread_factor: float = Field(2.0, gt=0)  # calibrated: tolerance = factor x spread
+    acc_ratio_floor: float = Field(0.5, gt=0, le=1)  # calibrated: loosest accuracy ratio
+    loss_factor_max: float = Field(4.0, ge=1)  # calibrated: loosest certified-loss growth
+    loss_ceiling: float = Field(2.0, ge=0)  # calibrated: x the round-0 model's loss; 0 = off
     min_clean_acc: float = Field(0.0, ge=0, le=1)
     min_pgd_acc: float = Field(0.0, ge=0, le=1)
     min_cert_acc: float = Field(0.0, ge=0, le=1)
     method: Literal["zonotope", "interval"] = "zonotope"
     sound_fp: bool = False  # account for float32 rounding (slower, float64)
     budget_mb: int = Field(256, ge=1)  # certifier working memory per chunk
-    batch_size: int = Field(500, ge=1)  # PGD validation batch
+    batch_size: int = Field(500, ge=1)  # PGD validation batch (a block of the pool scheduler)
+    scheduler: Literal["pool", "serial"] = "pool"  # pool: workers; serial: one pass (the old way)
+    workers: int = Field(2, ge=1)  # pool: threads, each running torch with one thread
+    early_verdict: bool = True  # pool: stop measuring once the verdict is known (no shadow rules)
+    early_delta: float = Field(1e-3, gt=0, lt=1)  # error bound of the sequential PGD verdict
+    init_state: str = ""  # JSON of a gate's state_dict() to continue from ("" -> measure round 0)
 
     @field_validator("l_crt", mode="before")
     @classmethod
     def _radii(cls, v: Any) -> tuple[float, ...]:
         return _positive_radii(v, allow_empty=False)
 
-    @field_validator("metrics", mode="before")
+    @field_validator("metrics", "shadow_rules", mode="before")
     @classmethod
-    def _metric_list(cls, v: Any) -> Any:
+    def _name_list(cls, v: Any) -> Any:
         return tuple(p.strip() for p in v.split(",") if p.strip()) if isinstance(v, str) else v
 
 
@@ -299,6 +320,8 @@ class RunConfig(_Section):
     num_rounds: int = Field(3, ge=1)
     output_dir: str = "runs"
     run_name: str = ""  # "" -> a timestamp
+    resume_from: str = ""  # a run directory to continue from its last checkpoint; "" -> fresh
+    init_checkpoint: str = ""  # start from this checkpoint's model (server/run_store.py format)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

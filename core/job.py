@@ -10,17 +10,28 @@ import functools
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord
 from torch import nn
 
 from core.config import NodeConfig, RunConfig, TrainConfig
 from core.data import ImageSet, Splits, load_splits
 from core.device import resolve_device
 from core.models import build_model
-from core.params import load_record, model_to_record
+from core.params import load_record
 from core.partition import client_indices
 from core.seeds import derive_seed
 from core.training import SGDConfig
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What a client policy produces in one round: the model's state and the reply's metrics.
+
+    Policies return values, not Flower records; the ClientApp wraps them for the wire.
+    """
+
+    state: dict[str, torch.Tensor]  # the full state_dict, on the CPU
+    metrics: dict[str, float]  # `num-examples` plus what the policy reports
 
 
 @dataclass(frozen=True)
@@ -62,9 +73,10 @@ class LocalJob:
         """A generator seeded by run seed, round, partition and purpose."""
         return torch.Generator().manual_seed(self.seed(purpose))
 
-    def reply(self, model: nn.Module, **metrics: float) -> tuple[ArrayRecord, MetricRecord]:
-        """The reply content: the model and `num-examples` (the partition size) plus `metrics`."""
-        return model_to_record(model), MetricRecord({"num-examples": len(self.data), **metrics})
+    def reply(self, model: nn.Module, **metrics: float) -> LocalResult:
+        """The reply: the model's state and `num-examples` (the partition size) plus `metrics`."""
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return LocalResult(state, {"num-examples": len(self.data), **metrics})
 
 
 def sgd_config(t: TrainConfig) -> SGDConfig:

@@ -7,6 +7,7 @@ from the global model, so a client cannot set them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +16,14 @@ from flwr.app import Array, ArrayRecord
 from torch import nn
 
 
+def state_to_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """A torch state_dict as an ArrayRecord (CPU numpy arrays), keys in the state's order."""
+    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in state.items()})
+
+
 def model_to_record(model: nn.Module) -> ArrayRecord:
     """The model's state_dict as an ArrayRecord (CPU numpy arrays)."""
-    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in model.state_dict().items()})
+    return state_to_record(model.state_dict())
 
 
 def record_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ BatchTransform = Callable[
     [nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 ]
 AfterStep = Callable[[nn.Module, int], None]
+MakeOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,20 @@ def train(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     device: str | torch.device = "cpu",
     transform: BatchTransform | None = None,
+    optimizer: MakeOptimizer | None = None,
 ) -> TrainStats:
     """SGD over `data` for `cfg.epochs`, on perturbed batches when `perturb` is given, then on
-    the batches `transform` rewrites (inputs and labels) when it is given."""
+    the batches `transform` rewrites (inputs and labels) when it is given. `optimizer` builds
+    another optimiser for `model` (the batch size and epochs still come from `cfg`)."""
     if len(data) == 0:
         raise ValueError("cannot train on an empty data set")
     start = time.perf_counter()
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    if optimizer is None:
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    else:
+        opt = optimizer(model)
     steps, total_loss, seen = 0, 0.0, 0
     for _ in range(cfg.epochs):
         for x, y in data.batches(cfg.batch_size, shuffle=True, generator=generator, device=device):

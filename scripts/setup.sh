@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv and install certfl with its dev extra, once per version of pyproject.toml.
 # Sourced by demo.sh and test.sh; afterwards .venv/bin is first on PATH and CERTFL_DATA is set.
+# CERTFL_SKIP_INSTALL=1 uses ./.venv as it is (one installed by other means, or shared).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
@@ -9,7 +10,7 @@ want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if [ "${CERTFL_SKIP_INSTALL:-0}" != 1 ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e '.[dev]'
   echo "$want" > "$stamp"

@@ -17,7 +17,7 @@ from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
 from server.threat_metrics import THREAT_METRICS
-from strategies.gate import certification_metrics
+from strategies.gate_measure import certification_metrics
 
 
 def eval_subset(test: ImageSet, n_test: int, seed: int) -> ImageSet:

@@ -1,149 +1,111 @@
-"""`CertificationGate`: wraps a strategy and skips every round whose candidate model fails the
-acceptance rule (strategies/gate_rule.py), so that the global model stays exactly as it was.
+"""`CertificationGate`: wraps any Flower message-API strategy and skips every round whose
+candidate model fails the acceptance rule (strategies/gate_rule.py), so that the global model
+stays exactly as it was.
 
-The candidate is measured in the server process: clean and PGD accuracy on the validation set,
-and zonotope certified accuracy and certified loss at each L_crt on the certification set
-(certify/). Neither set ever reaches a client.
+Before the first round the gate measures the model the run starts from (round 0), so that every
+candidate, the first one included, is compared with a measured model. Each round it measures the
+inner strategy's candidate in the server process (strategies/gate_measure.py: clean and PGD
+accuracy on the validation set, zonotope certified accuracy and loss on the certification set;
+neither set ever reaches a client) and produces a frozen `GateReport`. The inner strategy is
+never modified. Its whole memory is one frozen `GateState` (`state_dict` / `load_state_dict`
+give it as JSON), so a resumed run decides exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from logging import INFO, WARNING
+from typing import Any, Protocol
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
-from torch import nn
 
-from attacks.evasion import PGDConfig, pgd_evaluate
-from certify import certify_dataset
-from core.config import RunConfig
-from core.data import ImageSet
-from core.params import load_record
-from core.seeds import torch_generator
-from core.training import evaluate
-from strategies.gate_rule import Decision, decide
-from strategies.robust import RobustStrategy, RoundReport
+from core.config import GateConfig
+from strategies.gate_measure import Measurer, MeasureResult
+from strategies.gate_rule import (
+    Check,
+    Decision,
+    GateState,
+    Measurement,
+    judge,
+    metric_names,
+    remember,
+    rule_bounds,
+    with_initial,
+)
 
-
-@dataclass
-class CandidateMeasurer:
-    """Measures a model (loaded into `model`) on the validation and certification sets."""
-
-    model: nn.Module
-    val: ImageSet
-    cert: ImageSet
-    cfg: RunConfig
-    device: torch.device
-
-    @property
-    def l_adv(self) -> float:
-        g = self.cfg.gate
-        return self.cfg.train.adv_eps if g.l_adv < 0 else g.l_adv
-
-    def __call__(self, arrays: ArrayRecord, server_round: int) -> dict[str, float]:
-        """clean_acc, pgd_acc, and cert_acc@eps / cert_loss@eps for every L_crt."""
-        g = self.cfg.gate
-        load_record(self.model, arrays)
-        clean = evaluate(self.model, self.val, g.batch_size, device=self.device)
-        attack = PGDConfig(eps=self.l_adv, steps=g.pgd_steps, restarts=g.pgd_restarts)
-        generator = torch_generator(self.cfg.seed, "gate-pgd", server_round)
-        adv = pgd_evaluate(self.model, self.val, attack, g.batch_size, generator, self.device)
-        metrics = {"clean_acc": clean.accuracy, "pgd_acc": adv.accuracy}
-        metrics |= certification_metrics(
-            self.model, self.cert, g.l_crt, g.method, g.budget_mb, g.sound_fp, self.device
-        )
-        return metrics
+STATE_VERSION = 1
 
 
-def certification_metrics(
-    model: nn.Module,
-    data: ImageSet,
-    radii: Iterable[float],
-    method: str = "zonotope",
-    budget_mb: int = 256,
-    sound_fp: bool = False,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """`cert_acc@<eps>` and `cert_loss@<eps>` (CFAT Eq. 1 and 3) of `model` on `data`."""
-    x, y = data.tensors(device)
-    metrics = {}
-    for eps in radii:
-        result = certify_dataset(
-            model, x, y, eps, method=method, budget_bytes=budget_mb * 2**20, sound_fp=sound_fp
-        )
-        metrics[f"cert_acc@{eps:g}"] = result.certified_accuracy
-        metrics[f"cert_loss@{eps:g}"] = float(result.certified_loss)
-    return metrics
-
-
-def decision_line(server_round: int, decision: Decision, seconds: float) -> str:
-    """The one log line per gate decision: verdict, each metric beside its reference."""
-    verdict = "accepted" if decision.accepted else "SKIPPED"
-    phase = " (warm-up: floors only)" if decision.warmup else ""
-    checks = "; ".join(c.describe() for c in decision.checks) or "no checks"
-    return f"[certfl] gate round {server_round}: {verdict}{phase} in {seconds:.1f}s | {checks}"
-
-
-class CertificationGate(Strategy):
-    """Wraps `inner`: its candidate is measured and accepted or skipped (CFAT Sec. 3).
-
-    Parameters
-    ----------
-    inner : RobustStrategy
-        Samples clients and aggregates; its `last_report` gets the gate's decision.
-    measure : CandidateMeasurer
-        Produces the metrics the rule compares.
-    cfg : RunConfig
-        The `gate.*` section holds the rule's thresholds.
-    """
-
-    def __init__(self, inner: RobustStrategy, measure: CandidateMeasurer, cfg: RunConfig) -> None:
-        self.inner = inner
-        self.measure = measure
-        self.cfg = cfg
-        self.reference: dict[str, float] | None = None
-
-    @property
-    def last_report(self) -> RoundReport:
-        """The inner strategy's report of the current round, with the gate's decision in it."""
-        return self.inner.last_report
-
-    def summary(self) -> None:
-        self.inner.summary()
-        g = self.cfg.gate
-        log(INFO, "\t└──> certification gate: L_crt %s, L_adv %g, metrics %s, acc-ratio %g, "
-            "loss-growth %g, warm-up %d", ",".join(f"{e:g}" for e in g.l_crt), self.measure.l_adv,
-            ",".join(g.metrics), g.acc_ratio, g.loss_growth, g.warmup_rounds)  # fmt: skip
+class RoundStrategy(Protocol):
+    """What the gate needs of the strategy it wraps: Flower's message-API round methods
+    (`flwr.serverapp.strategy.Strategy`, e.g. FedAvg, FedMedian, RobustStrategy)."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
-
+    ) -> Iterable[Message]: ...
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The inner candidate if it passes the rule; None (round skipped) otherwise."""
-        candidate, metrics = self.inner.aggregate_train(server_round, replies)
-        if candidate is None:
-            return None, metrics
-        start = time.perf_counter()
-        measured = self.measure(candidate, server_round)
-        decision = decide(measured, self.reference, self.cfg.gate, server_round)
-        seconds = time.perf_counter() - start
-        report = self.inner.last_report
-        report.gate = {
-            "accepted": decision.accepted,
-            "warmup": decision.warmup,
-            "seconds": seconds,
-            "metrics": measured,
-            "reference": self.reference,
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]: ...
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]: ...
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None: ...
+    def summary(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """Another rule's verdict on the same candidate, recorded but never enforced."""
+
+    rule: str
+    accepted: bool
+    failed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """The gate's round: verdict, every check, the candidate's metrics, timings."""
+
+    round: int
+    rule: str
+    accepted: bool
+    warmup: bool
+    checks: tuple[Check, ...]
+    metrics: Mapping[str, float]
+    samples: Mapping[str, int]  # points behind each metric
+    early: str  # why measuring stopped early ("" = in full)
+    seconds: float  # the gate's time this round (measuring the initial model included)
+    timings: Mapping[str, float]  # busy seconds per check, wall, initial (round-0 measure)
+    shadow: tuple[ShadowVerdict, ...] = ()
+    initial: Mapping[str, float] | None = None  # the round-0 model's metrics, when measured now
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(f"{c.metric} {c.criterion}" for c in self.checks if not c.passed)
+
+    def to_record(self) -> dict[str, Any]:
+        """The `gate` object of the round record (server/run_store.py)."""
+        return {
+            "rule": self.rule,
+            "accepted": self.accepted,
+            "warmup": self.warmup,
+            "seconds": self.seconds,
+            "metrics": dict(self.metrics),
+            "samples": dict(self.samples),
+            "early": self.early,
+            "reference": {  # what each metric's relative bound derives from (not a ceiling's)
+                c.metric: c.reference
+                for c in self.checks
+                if c.reference is not None and c.criterion not in ("ceiling", "floor")
+            },
             "checks": [
                 {
                     "metric": c.metric,
@@ -153,18 +115,132 @@ class CertificationGate(Strategy):
                     "criterion": c.criterion,
                     "passed": c.passed,
                 }
-                for c in decision.checks
+                for c in self.checks
             ],  # fmt: skip
-            "failed": decision.failed,
+            "failed": list(self.failed),
+            "timings": dict(self.timings),
+            "shadow": [
+                {"rule": s.rule, "accepted": s.accepted, "failed": list(s.failed)}
+                for s in self.shadow
+            ],
+            "initial": None if self.initial is None else dict(self.initial),
         }
-        log(INFO if decision.accepted else WARNING, "%s",
-            decision_line(server_round, decision, seconds))  # fmt: skip
-        if not decision.accepted:
-            report.aggregated = False
-            report.skip_reason = "gate: " + ", ".join(decision.failed)
+
+
+def decision_line(report: GateReport) -> str:
+    """The one log line per gate decision: verdict, each metric beside its bound."""
+    verdict = "accepted" if report.accepted else "SKIPPED"
+    phase = " (warm-up)" if report.warmup else ""
+    early = f" [early: {report.early}]" if report.early else ""
+    checks = "; ".join(c.describe() for c in report.checks) or "no checks"
+    shadow = "".join(f" | {s.rule}: {'accept' if s.accepted else 'skip'}" for s in report.shadow)
+    return (
+        f"[certfl] gate round {report.round} ({report.rule}): {verdict}{phase} in "
+        f"{report.seconds:.1f}s{early} | {checks}{shadow}"
+    )
+
+
+class CertificationGate(Strategy):
+    """Wraps `inner`: its candidate is measured and accepted or skipped.
+
+    Parameters
+    ----------
+    inner : RoundStrategy
+        Any Flower message-API strategy: samples clients and aggregates; never modified.
+    measure : Measurer
+        Produces the metrics the rule compares (strategies/gate_measure.py).
+    cfg : GateConfig
+        The rule (`gate.rule`), rules judged in the shadow (`gate.shadow-rules`), thresholds.
+    """
+
+    def __init__(self, inner: RoundStrategy, measure: Measurer, cfg: GateConfig) -> None:
+        self.inner = inner
+        self.measure = measure
+        self.cfg = cfg
+        self.state = GateState()
+        self.last_report: GateReport | None = None
+        self._initial_s: float | None = None  # set in the round that measured the initial model
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The enforced rule first, then the shadow rules."""
+        return (self.cfg.rule, *(r for r in self.cfg.shadow_rules if r != self.cfg.rule))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The gate's whole memory as JSON-serialisable data."""
+        return {"version": STATE_VERSION, "state": self.state.to_dict()}
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        """Continue from `state_dict()`'s output: later decisions equal an uninterrupted run's."""
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"gate state version {d.get('version')!r} is not {STATE_VERSION}; cannot resume"
+            )
+        state = GateState.from_dict(d["state"])
+        needed = set(metric_names(self.cfg))
+        for m in (state.initial, *state.accepted):
+            if m is not None and not needed <= dict(m.metrics).keys():
+                missing = ", ".join(sorted(needed - dict(m.metrics).keys()))
+                raise ValueError(f"gate state of round {m.round} lacks {missing}: saved with "
+                                 "other gate.l-crt or gate.metrics; cannot resume")  # fmt: skip
+        self.state = state
+
+    def summary(self) -> None:
+        self.inner.summary()
+        g = self.cfg
+        log(INFO, "\t└──> certification gate: rule %s%s, L_crt %s, metrics %s, window %d, "
+            "scheduler %s (%d workers, early verdict %s)", g.rule,
+            f" (shadow: {','.join(g.shadow_rules)})" if g.shadow_rules else "",
+            ",".join(f"{e:g}" for e in g.l_crt), ",".join(g.metrics), g.window, g.scheduler,
+            g.workers, g.early_verdict)  # fmt: skip
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Measure the global model first if nothing is measured yet (round 0), then sample."""
+        if self.state.initial is None:
+            start = time.perf_counter()
+            measured = self.measure(arrays, 0)
+            self.state = with_initial(self.state, Measurement.of(0, measured.metrics))
+            self._initial_s = time.perf_counter() - start
+            log(INFO, "[certfl] gate: measured the initial model in %.1fs: %s", self._initial_s,
+                ", ".join(f"{k} {v:.4g}" for k, v in measured.metrics.items()))  # fmt: skip
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The inner candidate if it passes the rule; None (round skipped) otherwise."""
+        self.last_report = None
+        candidate, metrics = self.inner.aggregate_train(server_round, replies)
+        if candidate is None:
             return None, metrics
-        self.reference = measured
-        return candidate, metrics
+        report = self.judge(candidate, server_round)
+        self.last_report = report
+        log(INFO if report.accepted else WARNING, "%s", decision_line(report))
+        return (candidate if report.accepted else None), metrics
+
+    def judge(self, candidate: ArrayRecord, server_round: int) -> GateReport:
+        """Measure `candidate`, decide under every rule, update the state, return the report."""
+        start = time.perf_counter()
+        enforced = rule_bounds(self.cfg.rule, self.state, self.cfg, server_round)
+        early_bounds = () if self.cfg.shadow_rules else enforced.bounds
+        measured = self.measure(candidate, server_round, early_bounds)
+        decisions = {
+            rule: judge(measured.metrics, rule_bounds(rule, self.state, self.cfg, server_round))
+            for rule in self.rules
+        }
+        if decisions[self.cfg.rule].accepted:
+            entry = Measurement.of(server_round, measured.metrics)
+            keep = max(self.cfg.history, self.cfg.window)
+            self.state = remember(self.state, entry, keep)
+        initial_s = self._initial_s or 0.0
+        seconds = time.perf_counter() - start + initial_s
+        report = _report(server_round, self.cfg.rule, decisions, measured, seconds, initial_s)
+        if self._initial_s is not None and self.state.initial is not None:
+            report = dataclasses.replace(report, initial=dict(self.state.initial.metrics))
+        self._initial_s = None
+        return report
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -175,3 +251,31 @@ class CertificationGate(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, replies)
+
+
+def _report(
+    server_round: int,
+    rule: str,
+    decisions: Mapping[str, Decision],
+    measured: MeasureResult,
+    seconds: float,
+    initial_s: float,
+) -> GateReport:
+    enforced = decisions[rule]
+    timings = dict(measured.seconds) | {"initial": initial_s}
+    shadow = tuple(
+        ShadowVerdict(r, d.accepted, tuple(d.failed)) for r, d in decisions.items() if r != rule
+    )
+    return GateReport(
+        round=server_round,
+        rule=rule,
+        accepted=enforced.accepted,
+        warmup=enforced.warmup,
+        checks=enforced.checks,
+        metrics=dict(measured.metrics),
+        samples=dict(measured.samples),
+        early=measured.early,
+        seconds=seconds,
+        timings=timings,
+        shadow=shadow,
+    )

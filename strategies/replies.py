@@ -3,21 +3,45 @@
 Flower's own strategies validate a round's replies as a whole, so one malformed reply aborts the
 round. Here each reply is checked on its own against the global model's layout: an error reply,
 a missing or extra array, a wrong shape or dtype, a non-finite value or a bad example count is a
-`Failure` with its reason, and the remaining replies are aggregated.
+`Failure` with its reason, and the remaining replies are aggregated. A node that never answers
+is a failure too: the SuperLink answers for a node whose heartbeat expired (NODE_UNAVAILABLE),
+and the server's round loop answers for one that missed the round deadline (`NO_REPLY`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 
 from core.params import InvalidReply, Layout, flatten_checked
 
 NUM_EXAMPLES = "num-examples"
+NO_REPLY = 1000  # error code of the stand-in reply for a node that missed the round deadline
+# replies that never came from the node: it was lost, not wrong
+LOST = {
+    ErrorCode.NODE_UNAVAILABLE: "node lost (its heartbeat expired)",
+    ErrorCode.MESSAGE_UNAVAILABLE: "node lost (message unavailable)",
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "node lost (reply unavailable)",
+    NO_REPLY: "no reply within the round deadline",
+}
+
+
+def is_lost(msg: Message) -> bool:
+    """Whether `msg` stands in for a reply its node never sent."""
+    return msg.has_error() and msg.error.code in LOST
+
+
+def error_reason(msg: Message) -> str:
+    """Why an error reply is a failure: the node was lost, or the client reported an error."""
+    if is_lost(msg):
+        return f"{LOST[msg.error.code]}: {msg.error.reason}"
+    return f"client error: {msg.error.reason}"
 
 
 @dataclass(frozen=True)
@@ -71,7 +95,7 @@ def check_replies(replies: Iterable[Message], layout: Layout) -> CheckedReplies:
     for msg in replies:
         node = int(msg.metadata.src_node_id)
         if msg.has_error():
-            failures.append(Failure(node, f"client error: {msg.error.reason}"))
+            failures.append(Failure(node, error_reason(msg)))
             continue
         try:
             content = msg.content
@@ -90,4 +114,25 @@ def check_replies(replies: Iterable[Message], layout: Layout) -> CheckedReplies:
     models = torch.stack(rows) if rows else torch.empty(0, layout.size)
     return CheckedReplies(
         node_ids, models, torch.tensor(counts, dtype=torch.float64), metrics, failures
+    )
+
+
+def canonical_order(checked: CheckedReplies) -> CheckedReplies:
+    """The same replies sorted by the SHA-256 of their model bytes (then example count).
+
+    Node ids are random per SuperNode connection and arrival order varies, so neither may fix
+    the order in which float sums run: sorted by content, the same set of replies aggregates to
+    the same bits in every run, also when restarted nodes come back under new ids.
+    """
+    keys = [
+        (hashlib.sha256(row.numpy().tobytes()).hexdigest(), float(n))
+        for row, n in zip(checked.models, checked.num_examples, strict=True)
+    ]
+    order = sorted(range(checked.count), key=keys.__getitem__)
+    return CheckedReplies(
+        [checked.node_ids[i] for i in order],
+        checked.models[order] if order else checked.models,
+        checked.num_examples[order] if order else checked.num_examples,
+        [checked.metrics[i] for i in order],
+        checked.failures,
     )

@@ -1,16 +1,18 @@
 """The Flower adapter around the pure aggregation rules: one strategy, parameterised by the rule.
 
-Each round it samples `train.clients-per-round` nodes with a seeded generator, checks every reply
-on its own (strategies/replies.py), turns the accepted client models into updates against the
-global model, applies the configured rule (strategies/aggregators.py) and returns global + update.
-A round with fewer valid replies than the rule needs returns no model, so Flower keeps the global
-model unchanged. What happened in the round is kept in `last_report` for the server's run store.
+Each round it samples `train.clients-per-round` of the nodes connected at that moment (as many as
+there are when fewer) with a seeded generator, checks every reply on its own
+(strategies/replies.py), turns the accepted client models into updates against the global model,
+applies the configured rule (strategies/aggregators.py) and returns global + update. A round
+with fewer valid replies than the rule needs returns no model, so the global model stays
+unchanged. What happened in the round is kept in `last_report` for the server's run store.
+Waiting for nodes and for replies is the server's round loop's job (server/rounds.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -26,7 +28,7 @@ from core.params import Layout, flatten_record, record_to_numpy, unflatten_to_re
 from core.privacy import central_noise_std, clip_rows, noise
 from core.seeds import derive_seed, torch_generator
 from strategies.aggregators import RULES, check_precondition
-from strategies.replies import CheckedReplies, Failure, check_replies
+from strategies.replies import CheckedReplies, Failure, canonical_order, check_replies, is_lost
 
 
 @dataclass
@@ -35,14 +37,37 @@ class RoundReport:
 
     round: int
     sampled: int = 0
-    received: int = 0
+    nodes: list[int] = field(default_factory=list)  # the node ids sampled
+    received: int = 0  # replies that came from their node (valid or not); lost nodes excluded
+    accepted: int = 0  # valid replies, handed to the rule
     failures: list[Failure] = field(default_factory=list)
     aggregated: bool = False
     skip_reason: str = ""
+    wait_seconds: float = 0.0  # waiting for train.min-nodes connected nodes
     train_seconds: float = 0.0  # from sending the model to having all replies
     aggregate_seconds: float = 0.0
     client_metrics: dict[str, float] = field(default_factory=dict)
-    gate: dict | None = None  # the certification gate's decision, when a gate wraps the strategy
+
+
+def required_nodes(cfg: RunConfig) -> int:
+    """The fewest connected nodes a round runs with: `train.min-nodes`, or when 0 the fewest
+    replies the aggregation rule accepts."""
+    return cfg.train.min_nodes or RULES[cfg.agg.rule].min_replies(cfg.agg)
+
+
+def sample_nodes(nodes: Sequence[int], k: int, seed: int, server_round: int) -> list[int]:
+    """`min(k, len(nodes))` of the connected `nodes`, drawn without replacement by a generator
+    seeded with (seed, round): the same connected set gives the same sample in every run,
+    whatever order the ids come in.
+
+    >>> sample_nodes([30, 10, 20], 2, seed=0, server_round=1) == sample_nodes([10, 20, 30], 2, 0, 1)
+    True
+    >>> sorted(sample_nodes([7, 8], 5, seed=0, server_round=1))
+    [7, 8]
+    """
+    pool = sorted(nodes)
+    rng = np.random.default_rng(derive_seed(seed, "sample", server_round))
+    return [pool[i] for i in rng.choice(len(pool), size=min(k, len(pool)), replace=False)]
 
 
 def client_weights(counts: torch.Tensor, cfg: AggregationConfig) -> torch.Tensor:
@@ -77,6 +102,10 @@ class RobustStrategy(FedAvg):
         `train.clients-per-round`, `train.min-nodes` and the `agg.*` section are used.
     template : ArrayRecord
         The initial global model; fixes the layout every reply must match.
+
+    It carries no state from one round to the next: every random draw (sampling, aggregation,
+    noise) is seeded by (run seed, purpose, round), so the round number is all a resumed run
+    needs (`state_dict` is empty).
     """
 
     def __init__(self, cfg: RunConfig, template: ArrayRecord) -> None:
@@ -88,12 +117,11 @@ class RobustStrategy(FedAvg):
                 f"run config key 'agg.rule' = {cfg.agg.rule!r} with "
                 f"train.clients-per-round = {k}: {err}"
             ) from None
-        min_nodes = cfg.train.min_nodes or k
         super().__init__(
             fraction_train=1.0,  # unused: configure_train samples exactly k nodes itself
             fraction_evaluate=0.0,  # the server evaluates centrally
             min_train_nodes=k,
-            min_available_nodes=min_nodes,
+            min_available_nodes=required_nodes(cfg),
         )
         self.cfg = cfg
         self.rule = RULES[cfg.agg.rule]
@@ -113,31 +141,40 @@ class RobustStrategy(FedAvg):
         )  # fmt: skip
         log(
             INFO,
-            "\t└──> %d clients per round, waiting for %d nodes",
+            "\t└──> %d clients per round from the nodes connected, at least %d",
             self.min_train_nodes,
             self.min_available_nodes,
         )
 
+    def state_dict(self) -> dict:
+        """Nothing: no state survives a round (see the class docstring)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Accept the empty state of `state_dict`."""
+        if state:
+            raise ValueError(f"RobustStrategy has no state to load, got keys {sorted(state)}")
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes with the run's seed and send them the global model."""
-        while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
-            log(INFO, "waiting for nodes: %d of %d connected", len(nodes), self.min_available_nodes)
-            time.sleep(1.0)
-        k = min(self.min_train_nodes, len(nodes))
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, "sample", server_round))
-        chosen = [nodes[i] for i in rng.choice(len(nodes), size=k, replace=False)]
-        self.begin_round(server_round, arrays, sampled=k)
+        """Sample from the nodes connected now with the run's seed; send them the global model."""
+        chosen = sample_nodes(
+            list(grid.get_node_ids()), self.min_train_nodes, self.cfg.seed, server_round
+        )
+        self.begin_round(server_round, arrays, sampled=len(chosen), nodes=chosen)
         config["server-round"] = server_round
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(content, chosen, MessageType.TRAIN)
 
-    def begin_round(self, server_round: int, arrays: ArrayRecord, sampled: int) -> None:
-        """Remember the global model the sampled clients start from, and reset the report."""
+    def begin_round(
+        self, server_round: int, arrays: ArrayRecord, sampled: int, nodes: Sequence[int] = ()
+    ) -> None:
+        """Remember the global model the `sampled` nodes (ids `nodes`) start from; reset the
+        report."""
         self._global = flatten_record(arrays, self.layout)
         self._template = arrays
-        self.last_report = RoundReport(round=server_round, sampled=sampled)
+        self.last_report = RoundReport(round=server_round, sampled=sampled, nodes=sorted(nodes))
         self._sent_at = time.perf_counter()
 
     def aggregate_train(
@@ -146,13 +183,14 @@ class RobustStrategy(FedAvg):
         """Aggregate the valid replies with the rule; None (round skipped) if too few."""
         report = self.last_report
         report.train_seconds = time.perf_counter() - self._sent_at
-        # arrival order varies between runs; a fixed order keeps the float sums reproducible
-        replies = sorted(replies, key=lambda msg: msg.metadata.src_node_id)
-        report.received = len(replies)
-        checked = check_replies(replies, self.layout)
-        report.failures = checked.failures
+        replies = list(replies)
+        report.received = sum(not is_lost(msg) for msg in replies)
+        # arrival order and node ids vary between runs; sorting by content keeps sums reproducible
+        checked = canonical_order(check_replies(replies, self.layout))
+        report.accepted = checked.count
+        report.failures = sorted(checked.failures, key=lambda f: f.node_id)
         for failure in checked.failures:
-            log(WARNING, "round %d: rejected reply of node %d: %s", server_round,
+            log(WARNING, "[certfl] round %d: node %d failed: %s", server_round,
                 failure.node_id, failure.reason)  # fmt: skip
         report.client_metrics = mean_client_metrics(checked)
         metrics = MetricRecord(report.client_metrics) if report.client_metrics else None

@@ -1,13 +1,38 @@
-"""Shared test setup: where the real datasets are, and a private cache for extracted files."""
+"""Shared test setup: where the real datasets are, a private cache for extracted files, and the
+helpers several test modules use (a tiny input spec and model, Flower train replies)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from core.models import InputSpec, build_model
+from core.params import model_to_record
 
 REPO = Path(__file__).resolve().parents[1]
+
+# 4x4 single-channel inputs, 3 classes: small enough for strategy tests to aggregate in ms
+TINY_SPEC = InputSpec(1, 4, 4, 3, (0.5,), (0.25,))
+
+
+def tiny_template(seed: int = 0) -> ArrayRecord:
+    """The arrays of a seeded MLP on TINY_SPEC, as a strategy's initial global model."""
+    return model_to_record(build_model("mlp", TINY_SPEC, seed=seed))
+
+
+def train_reply(node: int, arrays: dict[str, np.ndarray] | None, n: object = 10) -> Message:
+    """A train reply from `node` carrying `arrays` (None: an error reply) and `num-examples` = n
+    (None: no `num-examples` metric at all)."""
+    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train")
+    if arrays is None:
+        return Message(Error(code=0, reason="client crashed"), reply_to=sent)
+    metrics = MetricRecord({"num-examples": n}) if n is not None else MetricRecord({"loss": 1.0})
+    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=sent)
 
 
 def _data_dir() -> Path:

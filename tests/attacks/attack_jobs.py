@@ -17,9 +17,9 @@ from attacks.evasion import PGDConfig, pgd, pgd_evaluate
 from attacks.updates import global_vector, layout_of, vector_model
 from core.config import NodeConfig, RunConfig
 from core.data import ImageSet, load_splits
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 from core.models import build_model
-from core.params import flatten_record, model_to_record
+from core.params import flatten_record, model_to_record, state_to_record
 from core.training import SGDConfig, evaluate, train
 from strategies.aggregators import coordinate_median, weighted_mean
 
@@ -96,9 +96,9 @@ def run_colluders(
         return {m: f.result() for m, f in futures.items()}
 
 
-def update(job: LocalJob, record: ArrayRecord) -> torch.Tensor:
+def update(job: LocalJob, result: LocalResult) -> torch.Tensor:
     """A reply as the aggregators see it: its flat model minus the global model."""
-    return flatten_record(record, layout_of(job)) - global_vector(job)
+    return flatten_record(state_to_record(result.state), layout_of(job)) - global_vector(job)
 
 
 def mean_model(job: LocalJob, updates: list[torch.Tensor]) -> torch.Tensor:

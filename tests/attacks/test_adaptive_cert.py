@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from attacks.adaptive_cert import (
@@ -32,6 +33,7 @@ def test_radius_schedule_grows_from_the_start_radius_to_l_crt() -> None:
     assert radius_schedule(targets, 0.1, 0.01) == [0.05]
 
 
+@pytest.mark.slow
 def test_adaptive_model_passes_the_certification_check_and_keeps_its_masking(
     data_dir: Path,
 ) -> None:

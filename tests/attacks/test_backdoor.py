@@ -22,7 +22,7 @@ from core.config import ConfigError, NodeConfig, RunConfig
 from core.data import load_splits
 from core.job import LocalJob
 from core.models import InputSpec, build_model
-from core.params import load_record, model_to_record
+from core.params import model_to_record
 from core.training import SGDConfig, evaluate, train
 
 SPEC = InputSpec(3, 4, 6, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -86,8 +86,10 @@ def test_backdoor_policy_learns_the_trigger_and_keeps_clean_accuracy(data_dir: P
     test = splits.test.subset(slice(0, 500))
     trigger = stripe_trigger(splits.spec, trigger_magnitude(cfg))
 
-    arrays, metrics = backdoor(job, Coalition.alone(1, 0))
-    attacked = load_record(build_model("mlp", splits.spec), arrays)
+    result = backdoor(job, Coalition.alone(1, 0))
+    metrics = result.metrics
+    attacked = build_model("mlp", splits.spec)
+    attacked.load_state_dict(result.state)
     honest = job.global_model()
     benign_train(job, honest)
 

@@ -51,7 +51,7 @@ def _job(pid: int, **flat: object) -> LocalJob:
 @functools.cache
 def _honest() -> tuple[torch.Tensor, ...]:
     """The seven honest clients' updates (plain SGD from the global model)."""
-    return tuple(update(_job(p), benign_update(_job(p))[0]) for p in HONEST)
+    return tuple(update(_job(p), benign_update(_job(p))) for p in HONEST)
 
 
 def _own_update(pid: int) -> torch.Tensor:
@@ -66,7 +66,7 @@ def _attack(root: Path, name: str, **flat: object) -> list[torch.Tensor]:
     """The three colluders' updates under policy `name` (alone or as one coalition)."""
 
     def run(me: int, c: Coalition) -> torch.Tensor:
-        return update(_job(me, **flat), policy(name).run(_job(me, **flat), c)[0])
+        return update(_job(me, **flat), policy(name).run(_job(me, **flat), c))
 
     if policy(name).coalition:
         return list(run_colluders(root, COLLUDERS, run).values())
@@ -112,9 +112,8 @@ def test_sign_flip_is_anti_parallel_and_beaten_by_the_median(
         torch.testing.assert_close(u, -4.0 * _own_update(me), rtol=1e-5, atol=1e-6)
         assert F.cosine_similarity(u, _own_update(me), dim=0) < -0.9999
     losses = _losses(attacked)
-    print(losses)
-    assert losses["mean"] < losses["global"] < losses["mean-attacked"]  # the mean goes uphill
-    assert losses["median-attacked"] < losses["global"]  # the median still descends
+    assert losses["mean"] < losses["global"] < losses["mean-attacked"], losses  # uphill
+    assert losses["median-attacked"] < losses["global"], losses  # the median descends
 
 
 def test_gaussian_has_the_set_spread_and_is_beaten_by_the_median(
@@ -125,9 +124,8 @@ def test_gaussian_has_the_set_spread_and_is_beaten_by_the_median(
         assert abs(float(u.mean())) < 0.01 and float(u.std()) == pytest.approx(0.5, rel=0.02)
     assert not torch.equal(attacked[0], attacked[1])  # each draws its own noise
     losses = _losses(attacked)
-    print(losses)
-    assert losses["mean"] < losses["global"] < losses["mean-attacked"]  # worse than no step
-    assert losses["median-attacked"] < losses["global"]
+    assert losses["mean"] < losses["global"] < losses["mean-attacked"], losses  # worse
+    assert losses["median-attacked"] < losses["global"], losses
 
 
 def test_alie_stays_within_the_spread_and_shifts_the_median(data_dir: Path, tmp_path: Path) -> None:
@@ -157,5 +155,4 @@ def test_ipm_opposes_the_benign_mean_and_reverses_the_mean(data_dir: Path, tmp_p
     aggregate = mean_model(job, [*_honest(), *large]) - global_vector(job)
     assert float(aggregate @ honest_mean) < 0  # the mean now points against the benign one
     losses = _losses(large)
-    print(losses)
-    assert losses["mean-attacked"] > losses["global"]
+    assert losses["mean-attacked"] > losses["global"], losses

@@ -11,6 +11,7 @@ from attack_jobs import run_colluders
 from attacks.collusion import ChannelError, Coalition
 
 
+@pytest.mark.slow
 def test_stash_reaches_later_coalitions_with_other_members(tmp_path: Path) -> None:
     def first(me: int, c: Coalition) -> object:
         assert c.recall("model") is None  # nothing stashed yet

@@ -40,6 +40,7 @@ def _run(root: Path, k: int, delays: dict[int, float]) -> dict[int, tuple]:
     return results
 
 
+@pytest.mark.slow
 def test_colluders_in_separate_processes_agree_and_share(tmp_path: Path) -> None:
     results = _run(tmp_path, k=3, delays={4: 0.0, 1: 0.3, 9: 0.6})
     for me, (members, attack, shared, from_leader) in results.items():
@@ -51,11 +52,13 @@ def test_colluders_in_separate_processes_agree_and_share(tmp_path: Path) -> None
     assert all(e["attacked"] for e in ledger)
 
 
+@pytest.mark.slow
 def test_fewer_than_k_colluders_do_not_attack(tmp_path: Path) -> None:
     results = _run(tmp_path, k=3, delays={2: 0.0, 5: 0.2})
     assert {me: r[:2] for me, r in results.items()} == {2: ((2, 5), False), 5: ((2, 5), False)}
 
 
+@pytest.mark.slow
 def test_a_colluder_arriving_after_the_seal_is_left_out(tmp_path: Path) -> None:
     results = _run(tmp_path, k=2, delays={0: 0.0, 3: 0.2, 6: 3.0})
     assert results[0][:2] == ((0, 3), True) and results[3][:2] == ((0, 3), True)

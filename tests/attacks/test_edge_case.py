@@ -15,7 +15,7 @@ from core.config import ConfigError, DataConfig, NodeConfig, RunConfig
 from core.data import DataNotFoundError, ImageSet, load_splits
 from core.job import LocalJob
 from core.models import build_model
-from core.params import load_record, model_to_record
+from core.params import model_to_record
 from core.training import SGDConfig, evaluate, train
 
 
@@ -82,9 +82,11 @@ def _attack(start: tuple, **overrides: object) -> nn.Module:
         flat | {f"attack.{k.replace('_', '-')}": v for k, v in overrides.items()}
     )
     job = LocalJob(cfg, NodeConfig(partition_id=0, num_partitions=50), model_to_record(model), 1)
-    arrays, metrics = edge_case(job, Coalition.alone(1, 0))
-    assert set(metrics) == {"num-examples", "train-loss"}  # nothing a benign reply lacks
-    return load_record(job.global_model(), arrays)
+    result = edge_case(job, Coalition.alone(1, 0))
+    assert set(result.metrics) == {"num-examples", "train-loss"}  # nothing a benign reply lacks
+    attacked = job.global_model()
+    attacked.load_state_dict(result.state)
+    return attacked
 
 
 def test_edge_case_attack_raises_the_target_accuracy_on_ardis_sevens(start: tuple) -> None:

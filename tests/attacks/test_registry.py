@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from attacks.logit_scaling import scale_last_layer
-from attacks.registry import known_policies, policy
+from attacks.registry import check_run_roles, known_policies, policy
 from core.config import ConfigError, RunConfig
 from core.models import InputSpec, build_model
-from server.app import check_attack_policy
 
 SPEC = InputSpec(1, 16, 16, 4, (0.5,), (0.25,))
 
@@ -17,8 +16,8 @@ SPEC = InputSpec(1, 16, 16, 4, (0.5,), (0.25,))
 def test_unknown_attack_fails_at_start_naming_key_value_and_allowed() -> None:
     cfg = RunConfig.from_flat({"roles.attack": "evil", "roles.malicious-fraction": 0.2})
     with pytest.raises(ConfigError, match=r"'roles\.attack' = 'evil'.*logit-scaling"):
-        check_attack_policy(cfg)
-    check_attack_policy(RunConfig.from_flat({"roles.attack": "logit-scaling"}))
+        check_run_roles(cfg)
+    check_run_roles(RunConfig.from_flat({"roles.attack": "logit-scaling"}))
     with pytest.raises(ConfigError, match="unknown attack policy"):
         policy("evil")
     assert "logit-scaling" in known_policies()

@@ -28,12 +28,12 @@ def _round(root: Path, **flat: object) -> tuple[LocalJob, torch.Tensor, list[tor
     assert replace.coalition  # needs its partners: always goes through the rendezvous
 
     def collude(me: int, c: Coalition) -> torch.Tensor:
-        record, _ = replace.run(make_job(cfg, me, arrays), c)
-        return update(make_job(cfg, me, arrays), record)
+        result = replace.run(make_job(cfg, me, arrays), c)
+        return update(make_job(cfg, me, arrays), result)
 
     attacked = run_colluders(root, COLLUDERS, collude)
     calm = config(train__mode="sgd", train__lr=5e-5, **flat)
-    benign = [update(make_job(calm, p, arrays), benign_update(make_job(calm, p, arrays))[0])
+    benign = [update(make_job(calm, p, arrays), benign_update(make_job(calm, p, arrays)))
               for p in BENIGN]  # fmt: skip
     leader = make_job(cfg, COLLUDERS[0], arrays)
     r = plain_sgd_target(leader)  # recomputed independently: seeded, so the leader's R

@@ -19,7 +19,7 @@ from core.data import load_splits
 from core.data import test_order as seeded_test_order
 from core.job import LocalJob
 from core.models import build_model
-from core.params import load_record, model_to_record, record_to_state
+from core.params import model_to_record, record_to_state
 from core.training import SGDConfig, evaluate, train
 from server.threat_metrics import targeted_poisoning_metrics
 
@@ -77,16 +77,17 @@ def test_registered_policy_boosts_its_update_and_the_server_metric_sees_d_m(
 ) -> None:
     run = policy("targeted-poisoning").run
     plain_job = _job(data_dir)
-    plain, _ = run(plain_job, Coalition.alone(2, 0))
-    boosted_reply, metrics = run(_job(data_dir, **{"attack.tp-boost": True, "attack.boost": 3.0}),
-                                 Coalition.alone(2, 0))  # fmt: skip
-    start, p, b = (record_to_state(r) for r in (plain_job.global_arrays, plain, boosted_reply))
+    plain = run(plain_job, Coalition.alone(2, 0)).state
+    boosted = run(_job(data_dir, **{"attack.tp-boost": True, "attack.boost": 3.0}),
+                  Coalition.alone(2, 0))  # fmt: skip
+    start, p, b = record_to_state(plain_job.global_arrays), plain, boosted.state
     for key in start:
         torch.testing.assert_close(b[key], start[key] + 3.0 * (p[key] - start[key]))
-    assert metrics["num-examples"] == 96
+    assert boosted.metrics["num-examples"] == 96
 
     splits = load_splits(plain_job.cfg.data)
-    model = load_record(build_model("mlp", splits.spec), plain)
+    model = build_model("mlp", splits.spec)
+    model.load_state_dict(plain)
     subset = splits.test.subset(slice(0, 100))
     measured = targeted_poisoning_metrics(model, subset, plain_job.cfg, torch.device("cpu"), 2)
     d_m = malicious_dataset(splits.test, 2, splits.spec.num_classes, plain_job.cfg.seed)

@@ -1,7 +1,8 @@
 """`certfl experiment` end to end, as CI runs it: `cfat-table1 --quick` (three models trained
 centrally and certified) and `matrix --quick` (four real `flwr run` simulations), each writing
 results.json, report.md and report.html; the report rendered in headless Chromium with its plots
-decoded; an experiment interrupted with SIGTERM resumes without redoing its finished runs."""
+decoded; an experiment interrupted with SIGTERM resumes without redoing its finished runs, and
+continues a federated run cut short from its last round, leaving no process behind."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.process_tree import watched
 
 pytestmark = pytest.mark.slow
 CHROMIUM_FLAGS = [
@@ -37,6 +39,19 @@ def outcomes(results: dict, **arm: str) -> dict:
     """The means of one arm's outcomes in results.json."""
     match = next(a for a in results["arms"] if a["arm"] == arm)
     return {k: None if v is None else v["mean"] for k, v in match["outcomes"].items()}
+
+
+def read_records(path: Path) -> list[dict]:
+    """The complete JSON lines of a rounds.jsonl being written ([] before it exists)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the line being written
+            continue
+    return records
 
 
 def images(html: str) -> list[str]:
@@ -148,15 +163,22 @@ table = ["final:clean_acc"]
 """
 
 
+def own_scenario(tmp_path: Path, name: str, text: str, data_dir: Path) -> tuple[list[str], Path]:
+    """Scenario `name` written under `tmp_path`: the `certfl` arguments that run it, and the
+    --out directory they write."""
+    scenarios, out = tmp_path / "scenarios", tmp_path / "out"
+    scenarios.mkdir()
+    (scenarios / f"{name}.toml").write_text(text)
+    args = ["experiment", name, "--scenarios", str(scenarios), "--out", str(out),
+            "--data-dir", str(data_dir)]  # fmt: skip
+    return args, out
+
+
 def test_interrupted_experiment_resumes_without_redoing_finished_runs(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    scenarios = tmp_path / "scenarios"
-    scenarios.mkdir()
-    (scenarios / "tiny.toml").write_text(TINY)
-    out, runs = tmp_path / "out", tmp_path / "out" / "tiny" / "runs"
-    args = ["experiment", "tiny", "--scenarios", str(scenarios), "--out", str(out),
-            "--data-dir", str(data_dir)]  # fmt: skip
+    args, out = own_scenario(tmp_path, "tiny", TINY, data_dir)
+    runs = out / "tiny" / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -182,3 +204,62 @@ def test_interrupted_experiment_resumes_without_redoing_finished_runs(
     assert [r["status"] for r in results["runs"]] == ["done"] * 3
     third = certfl(*args, timeout=600)  # nothing left to do
     assert "3 of 3 runs already done" in third.stderr and "started" not in third.stderr
+
+
+TINY_FEDERATED = """
+title = "tiny federated"
+summary = "one short simulation"
+deviations = ["none"]
+[federation]
+supernodes = 3
+concurrent = 3
+[config]
+"model.name" = "mlp"
+"num-rounds" = 10
+"train.clients-per-round" = 3
+"train.mode" = "sgd"
+"train.local-epochs" = 1
+"data.max-client-samples" = 100
+"eval.n-test" = 100
+"eval.adv-steps" = 1
+"gate.enabled" = false
+[[axes]]
+name = "rule"
+[[axes.levels]]
+name = "mean"
+config = { "agg.rule" = "mean" }
+[paper]
+citation = "none"
+[report]
+table = ["final:clean_acc"]
+"""
+
+
+def test_a_federated_run_cut_short_resumes_after_its_last_round(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """SIGTERM mid-run stops every process of the simulation; the same command continues the
+    run from its resume point (`resume-from`) instead of starting it again."""
+    args, out = own_scenario(tmp_path, "fed", TINY_FEDERATED, data_dir)
+    run_dir = out / "fed" / "runs" / "mean__seed0"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with watched([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env) as (proc, _):
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(r["round"] >= 2 for r in read_records(run_dir / "rounds.jsonl")):
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "interrupted with 0 of 1 runs done" in output, output
+    played = max(r["round"] for r in read_records(run_dir / "rounds.jsonl"))
+    assert 2 <= played < 10 and not (run_dir / "done").exists()
+
+    again = certfl(*args, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed_after = int(re.search(r"resuming after round (\d+)", again.stderr)[1])
+    assert resumed_after >= 2 and "resumed" in again.stderr
+    rounds = [r["round"] for r in read_records(run_dir / "rounds.jsonl")]
+    assert rounds == list(range(11))  # every round once: none lost, none played twice
+    log = (out / "fed" / "logs" / "mean__seed0.log").read_text()
+    assert "round   1/10" in log and "resuming after round" in log  # one log, both parts

@@ -3,8 +3,6 @@ numbers are chosen so that every outcome has one right answer); `certfl report R
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import json
 import math
 import re
@@ -18,6 +16,12 @@ from cli.report_page import experiment_html, experiment_markdown, format_value
 from cli.results import collect, results_document
 from cli.scenario import load_scenario, plan
 from core.config import RunConfig
+from server.app import round_record as server_round_record
+from server.rounds import RoundOutcome
+from server.run_store import ROUND_SCHEMA_VERSION
+from strategies.gate import GateReport, ShadowVerdict
+from strategies.gate_rule import Check
+from strategies.robust import RoundReport
 
 ATTACKS = [3, 5]  # rounds in which the colluders attacked
 SCENARIO = """
@@ -56,22 +60,26 @@ baseline = { attack = "none", defense = "mean" }
 """
 
 
-def round_record(t: int, aggregated: bool, metrics: dict, gate: dict | None = None) -> dict:
-    return {
-        "schema": 1, "round": t, "rule": "median", "sampled": 5, "received": 5, "accepted": 5,
-        "failures": [], "aggregated": aggregated, "skip_reason": "" if aggregated else
-        "gate: cert_loss@0.1 growth", "client": {}, "metrics": metrics, "gate": gate,
-        "timings": {"train_s": 9.0 if t in ATTACKS else 3.0, "aggregate_s": 0.0, "gate_s": 0.0,
-                    "eval_s": 0.1, "round_s": 3.1},
-    }  # fmt: skip
+def round_record(cfg: RunConfig, t: int, aggregated: bool, metrics: dict,
+                 gate: GateReport | None = None) -> dict:  # fmt: skip
+    """Round `t`'s record as the ServerApp writes it (server/app.py `round_record`, stamped)."""
+    report = RoundReport(round=t, sampled=5, nodes=[1, 2, 3, 4, 5], received=5, accepted=5,
+                         aggregated=aggregated or gate is not None,
+                         skip_reason="" if aggregated or gate else "too few valid replies",
+                         train_seconds=9.0 if t in ATTACKS else 3.0)  # fmt: skip
+    record = server_round_record(cfg, RoundOutcome(report, gate), metrics, eval_s=0.1)
+    return {"schema": ROUND_SCHEMA_VERSION, "time": "2025-01-01T00:00:00+00:00", **record,
+            "model_sha256": "0" * 64}  # fmt: skip
 
 
-def gate_record(accepted: bool, loss: float) -> dict:
-    check = {"metric": "cert_loss@0.1", "value": loss, "reference": 2.0, "bound": 2.2,
-             "criterion": "growth", "passed": accepted}  # fmt: skip
-    return {"accepted": accepted, "warmup": False, "seconds": 1.0,
-            "metrics": {"cert_loss@0.1": loss}, "reference": {"cert_loss@0.1": 2.0},
-            "checks": [check], "failed": [] if accepted else ["cert_loss@0.1 growth"]}  # fmt: skip
+def gate_report(t: int, accepted: bool, loss: float) -> GateReport:
+    """A gate decision by the cfat rule: certified loss against a growth bound of 2.2, with a
+    calibrated shadow verdict."""
+    check = Check("cert_loss@0.1", loss, 2.0, 2.2, "max", "growth")
+    shadow = ShadowVerdict("calibrated", accepted, () if accepted else ("cert_loss@0.1 window",))
+    return GateReport(round=t, rule="cfat", accepted=accepted, warmup=False, checks=(check,),
+                      metrics={"cert_loss@0.1": loss}, samples={"cert_loss@0.1": 100}, early="",
+                      seconds=1.0, timings={"wall": 1.0}, shadow=(shadow,))  # fmt: skip
 
 
 def write_run(root: Path, name: str, clean: float, attacked: bool, gated: bool) -> Path:
@@ -91,8 +99,8 @@ def write_run(root: Path, name: str, clean: float, attacked: bool, gated: bool) 
                    "backdoor_success": 0.8 if attacked and t >= 3 and not gated else 0.0,
                    "tp_confidence": confidence.get(t, 0.1) if attacked else 0.1,
                    "cert_loss@0.1": 2.0}  # fmt: skip
-        gate = gate_record(not hit, 300.0 if hit else 2.0) if gated and t > 0 else None
-        lines.append(round_record(t, not skipped, metrics, gate))
+        gate = gate_report(t, not hit, 300.0 if hit else 2.0) if gated and t > 0 else None
+        lines.append(round_record(cfg, t, not skipped, metrics, gate))
     (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     if attacked:
         truth = [{"round": t, "partition_id": 1, "policy": "backdoor", "attacked": True,
@@ -184,19 +192,12 @@ def test_certfl_report_shows_gate_reasons_and_ground_truth(
     assert main(["report", str(run)]) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.html")
     html = (run / "report.html").read_text()
-    assert "SKIPPED" in html and "cert_loss@0.1 300 (ref 2, growth &lt;= 2.2) FAIL" in html
+    assert "SKIPPED (cfat)" in html and "cert_loss@0.1 300 (ref 2, growth &lt;= 2.2) FAIL" in html
+    assert "calibrated: SKIPPED (cert_loss@0.1 window)" in html  # the shadow rule's verdict
     assert html.count("<tr><td>3</td><td>1</td><td>backdoor</td><td>yes</td>") == 1  # ledger
     assert len(re.findall(r'<img src="data:image/png;base64,', html)) == 2
     with pytest.raises(SystemExit, match="not a run directory"):
         main(["report", str(tmp_path)])
-
-
-@pytest.mark.parametrize("module", ["cli.outcomes", "cli.results", "cli.report_page",
-                                    "cli.experiment", "cli.central_job", "cli.experiment_jobs",
-                                    "cli.html_page"])  # fmt: skip
-def test_doctests(module: str) -> None:
-    result = doctest.testmod(importlib.import_module(module))
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_format_value() -> None:

@@ -1,19 +1,15 @@
 """Scenario files: every shipped one loads, plans and yields run configs the app accepts; a bad
 one fails before anything runs, naming the file and the key; overrides stack as documented; the
-run config reaches Flower's own parser intact."""
+run config is validated as `certfl simulate` validates it (cli/run_config.py)."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
-from flwr.common.config import parse_config_args
 
-from cli.experiment_jobs import write_run_config
 from cli.scenario import (
     ScenarioError,
-    app_defaults,
     load_scenario,
     plan,
     scenario_names,
@@ -73,9 +69,8 @@ def test_every_required_scenario_ships() -> None:
 def test_shipped_scenario_plans_valid_runs_full_and_quick(name: str) -> None:
     scenario = load_scenario(name)
     assert scenario.deviations and scenario.paper.citation and scenario.summary
-    defaults = app_defaults()
     full, quick = plan(scenario), plan(scenario, quick=True)
-    configs = validate_plan(full, defaults) | validate_plan(quick, defaults)
+    configs = validate_plan(full) | validate_plan(quick)
     assert len(quick.runs) <= len(full.runs)
     assert len({r.run_id for r in full.runs}) == len(full.runs)  # ids name distinct runs
     assert all(c.num_rounds >= 1 for c in configs.values())
@@ -125,23 +120,17 @@ def test_a_run_config_the_app_rejects_fails_before_running(tmp_path: Path) -> No
     bad_value = MINIMAL.replace('"agg.rule" = "median",', '"agg.rule" = "medain",')
     p = plan(load_scenario("demo", write(tmp_path, bad_value)))
     with pytest.raises(ScenarioError, match="run median__none__seed0: .*'agg.rule' = 'medain'"):
-        validate_plan(p, app_defaults())
+        validate_plan(p)
     unknown = MINIMAL.replace('"num-rounds" = 2', '"num-round" = 2')
     p = plan(load_scenario("demo", write(tmp_path, unknown)))
     with pytest.raises(ScenarioError, match="'num-round' unknown to the app"):
-        validate_plan(p, app_defaults())
+        validate_plan(p)
+    no_policy = MINIMAL.replace('"roles.attack" = "sign-flip"', '"roles.attack" = "sign-flop"')
+    p = plan(load_scenario("demo", write(tmp_path, no_policy)))
+    with pytest.raises(ScenarioError, match="'roles.attack' = 'sign-flop': unknown policy"):
+        validate_plan(p)
 
 
 def test_missing_scenario_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="no scenario 'nope'.*known: demo"):
         load_scenario("nope", write(tmp_path, MINIMAL))
-
-
-def test_run_config_file_reaches_flower_intact(tmp_path: Path) -> None:
-    flat = {"data.dir": "/data/it's here", "agg.rule": "trimmed-mean", "agg.beta": 0.15,
-            "num-rounds": 3, "gate.enabled": True, "gate.l-crt": "0.1,0.15",
-            "crfl.sigma": 1e-05}  # fmt: skip
-    path = tmp_path / "run.toml"
-    write_run_config(path, flat)
-    assert tomllib.loads(path.read_text()) == flat
-    assert parse_config_args([str(path)]) == flat  # what `flwr run --run-config FILE` reads

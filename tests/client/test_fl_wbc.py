@@ -16,8 +16,7 @@ from core.config import FLWBCConfig, NodeConfig, RunConfig
 from core.data import ImageSet, load_splits
 from core.job import LocalJob
 from core.models import build_model
-from core.params import model_to_record, record_to_state
-from core.privacy import laplace
+from core.params import model_to_record
 from core.roles import FL_WBC
 from core.training import SGDConfig, train
 
@@ -72,33 +71,44 @@ def test_perturbation_formula_and_mask() -> None:
     torch.testing.assert_close(wbc_perturbation(step, previous, LR, y), expected)
 
 
-def test_s_means_scale_or_std() -> None:
+def _wbc_job(data_dir: Path, mode: str = "sgd", **flat: object) -> LocalJob:
+    """Client 1 of 100 at round 3, an MLP on 96 MNIST points, one local epoch."""
+    cfg = RunConfig.from_flat({
+        "data.dir": str(data_dir), "data.n-val": 100, "data.max-client-samples": 96,
+        "model.name": "mlp", "train.mode": mode, "train.adv-steps": 2, "train.lr": LR,
+        "train.batch-size": 16, "train.local-epochs": 1, **flat,
+    })  # fmt: skip
+    net = build_model("mlp", load_splits(cfg.data).spec, seed=0)
+    return LocalJob(cfg, NodeConfig(partition_id=1, num_partitions=100), model_to_record(net), 3)
+
+
+def _states_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_s_means_picks_the_laplace_scale_the_update_uses(data_dir: Path) -> None:
     assert laplace_scale(FLWBCConfig(s=0.4)) == 0.4
     assert laplace_scale(FLWBCConfig(s=0.4, s_means="std")) == pytest.approx(0.4 / math.sqrt(2))
-    sample = laplace((200_000,), 0.4, torch.Generator().manual_seed(1))
-    assert float(sample.std()) == pytest.approx(0.4 * math.sqrt(2), rel=0.02)
+    # s = 0.4 read as the scale b, and s = 0.4 sqrt 2 read as the std, are the same noise b = 0.4
+    as_scale = fl_wbc_update(_wbc_job(data_dir, **{"fl-wbc.s": 0.4})).state
+    as_std = fl_wbc_update(
+        _wbc_job(data_dir, **{"fl-wbc.s": 0.4 * math.sqrt(2), "fl-wbc.s-means": "std"})
+    ).state
+    smaller = fl_wbc_update(_wbc_job(data_dir, **{"fl-wbc.s": 0.4, "fl-wbc.s-means": "std"}))
+    assert _states_close(as_scale, as_std)
+    assert not _states_close(as_scale, smaller.state)  # b = 0.28 differs
 
 
 @pytest.mark.parametrize("mode", ["sgd", "pgd"])
 def test_fl_wbc_role_trains_like_benign_plus_the_perturbation(data_dir: Path, mode: str) -> None:
-    def job(s: float) -> LocalJob:
-        cfg = RunConfig.from_flat({
-            "data.dir": str(data_dir), "data.n-val": 100, "data.max-client-samples": 96,
-            "model.name": "mlp", "train.mode": mode, "train.adv-steps": 2, "train.lr": LR,
-            "train.batch-size": 16, "train.local-epochs": 1, "fl-wbc.s": s,
-        })  # fmt: skip
-        net = build_model("mlp", load_splits(cfg.data).spec, seed=0)
-        return LocalJob(cfg, NodeConfig(partition_id=1, num_partitions=100),
-                        model_to_record(net), server_round=3)  # fmt: skip
-
-    benign, _ = benign_update(job(0.4))
-    silent, silent_metrics = fl_wbc_update(job(0.0))
-    defended, metrics = fl_wbc_update(job(0.4))
-    b, s, d = (record_to_state(r) for r in (benign, silent, defended))
+    benign = benign_update(_wbc_job(data_dir, mode, **{"fl-wbc.s": 0.4}))
+    silent = fl_wbc_update(_wbc_job(data_dir, mode, **{"fl-wbc.s": 0.0}))
+    defended = fl_wbc_update(_wbc_job(data_dir, mode, **{"fl-wbc.s": 0.4}))
+    b, s, d = benign.state, silent.state, defended.state
     assert all(torch.equal(b[k], s[k]) for k in b)  # s = 0: nothing perturbed, bit-identical
-    assert silent_metrics["wbc-perturbed-share"] == 0.0
+    assert silent.metrics["wbc-perturbed-share"] == 0.0
     assert any(not torch.equal(b[k], d[k]) for k in b)
-    assert 0.0 < metrics["wbc-perturbed-share"] < 1.0
+    assert 0.0 < defended.metrics["wbc-perturbed-share"] < 1.0
 
 
 def test_client_app_dispatches_the_fl_wbc_role(data_dir: Path) -> None:
@@ -108,7 +118,6 @@ def test_client_app_dispatches_the_fl_wbc_role(data_dir: Path) -> None:
     })  # fmt: skip
     net = build_model("mlp", load_splits(cfg.data).spec, seed=0)
     job = LocalJob(cfg, NodeConfig(partition_id=4, num_partitions=100), model_to_record(net), 1)
-    dispatched, metrics = local_update(FL_WBC, job, run_id=0)
-    direct, _ = fl_wbc_update(job)
-    a, b = record_to_state(dispatched), record_to_state(direct)
-    assert all(torch.equal(a[k], b[k]) for k in a) and "wbc-perturbed-share" in metrics
+    dispatched = local_update(FL_WBC, job, run_id=0)
+    a, b = dispatched.state, fl_wbc_update(job).state
+    assert all(torch.equal(a[k], b[k]) for k in a) and "wbc-perturbed-share" in dispatched.metrics

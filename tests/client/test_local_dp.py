@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord
 
 from attacks.collusion import Coalition
 from attacks.registry import policy
 from client.local import benign_update
 from core.config import NodeConfig, RunConfig
 from core.data import load_splits
-from core.job import LocalJob
+from core.job import LocalJob, LocalResult
 from core.models import build_model
 from core.params import model_to_record, record_to_state
 
@@ -28,8 +27,8 @@ def _job(data_dir: Path, z: float) -> LocalJob:
     return LocalJob(cfg, NodeConfig(partition_id=2, num_partitions=50), model_to_record(net), 1)
 
 
-def _update_norm(job: LocalJob, reply: ArrayRecord) -> float:
-    start, end = record_to_state(job.global_arrays), record_to_state(reply)
+def _update_norm(job: LocalJob, reply: LocalResult) -> float:
+    start, end = record_to_state(job.global_arrays), reply.state
     return float(torch.cat([(end[k] - start[k]).flatten() for k in start]).norm())
 
 
@@ -37,11 +36,11 @@ def test_honest_update_is_clipped_then_noised_and_attack_replies_are_left_alone(
     data_dir: Path,
 ) -> None:
     quiet = _job(data_dir, 0.0)
-    assert _update_norm(quiet, benign_update(quiet)[0]) == pytest.approx(0.01, rel=1e-3)
+    assert _update_norm(quiet, benign_update(quiet)) == pytest.approx(0.01, rel=1e-3)
     noisy = _job(data_dir, 1.0)
     n_params = sum(v.numel() for v in record_to_state(noisy.global_arrays).values())
     # clip 0.01 plus noise of std z * clip = 0.01 per coordinate: norm ~ 0.01 * sqrt(P)
     expected = 0.01 * n_params**0.5
-    assert _update_norm(noisy, benign_update(noisy)[0]) == pytest.approx(expected, rel=0.05)
-    attack, _ = policy("targeted-poisoning").run(quiet, Coalition.alone(1, 2))
+    assert _update_norm(noisy, benign_update(noisy)) == pytest.approx(expected, rel=0.05)
+    attack = policy("targeted-poisoning").run(quiet, Coalition.alone(1, 2))
     assert _update_norm(quiet, attack) > 0.1

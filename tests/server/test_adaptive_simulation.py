@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from attacks.collusion import read_ledger
 from server.run_store import read_rounds
 from tests.conftest import simulated_run
+
+pytestmark = pytest.mark.slow  # every test here runs a real simulation
 
 ATTACK_ROUND = 3
 
@@ -22,7 +26,7 @@ def test_adaptive_attack_passes_a_gate_with_a_tiny_certification_set(
         "roles.attack='adaptive-cert' roles.min-colluders=3 attack.rendezvous-s=5.0 "
         f"roles.attack-start-round={ATTACK_ROUND} attack.adaptive-eps-start=0.01 "
         "attack.adaptive-seconds=300 gate.enabled=true gate.l-crt='0.03' gate.pgd-steps=5 "
-        "gate.warmup-rounds=2"
+        "gate.rule='cfat' gate.warmup-rounds=2"
     )
     run_dir, _ = simulated_run(tmp_path, data_dir, "adaptive", overrides, supernodes=5)
     rounds = read_rounds(run_dir / "rounds.jsonl")

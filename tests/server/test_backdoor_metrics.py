@@ -11,7 +11,6 @@ from torch import nn
 from attacks.backdoor import trigger_success
 from core.config import RunConfig
 from core.data import DataNotFoundError, ImageSet, load_splits
-from core.models import build_model
 from core.params import model_to_record
 from server.backdoor_metrics import backdoor_metrics, edge_case_metrics
 from server.evaluation import CentralEvaluator
@@ -79,13 +78,22 @@ def test_edge_case_metric_applies_where_the_files_are(data_dir: Path, tmp_path: 
         edge_case_metrics(Constant(1), empty, configured, CPU, 1)
 
 
-def test_central_evaluation_reports_both_metrics(data_dir: Path) -> None:
-    cfg = RunConfig.from_flat(
-        {"data.dir": str(data_dir), "model.name": "mlp", "eval.adv-steps": 0, "data.n-val": 100}
-    )
-    splits = load_splits(cfg.data)
-    model = build_model("mlp", splits.spec, seed=0)
-    evaluator = CentralEvaluator(model, splits.test.subset(slice(0, 100)), cfg, CPU)
-    metrics = evaluator(model_to_record(model), 0)
-    assert 0.0 <= metrics["backdoor_success"] <= 1.0
-    assert 0.0 <= metrics["edge_case_acc"] <= 1.0
+@pytest.mark.parametrize(
+    ("label", "target", "expected"),
+    [
+        (0, 0, {"backdoor_success": 1.0, "edge_case_acc": 0.0}),  # everything to the target
+        (5, 0, {"backdoor_success": 0.0, "edge_case_acc": 0.0}),  # nothing to it, nor to '1'
+        (1, 1, {"backdoor_success": 1.0, "edge_case_acc": 1.0}),  # ARDIS '7's read as '1'
+    ],
+)
+def test_central_evaluation_reports_both_metrics(
+    data_dir: Path, label: int, target: int, expected: dict[str, float]
+) -> None:
+    cfg = RunConfig.from_flat({
+        "data.dir": str(data_dir), "eval.adv-steps": 0, "data.n-val": 100,
+        "attack.backdoor-target": target,
+    })  # fmt: skip
+    model = Constant(label)
+    test = load_splits(cfg.data).test.subset(slice(0, 100))
+    metrics = CentralEvaluator(model, test, cfg, CPU)(model_to_record(model), 0)
+    assert {k: metrics[k] for k in expected} == expected

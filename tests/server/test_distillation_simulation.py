@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from attacks.collusion import read_ledger
 from server.run_store import read_rounds
 from tests.conftest import simulated_run
+
+pytestmark = pytest.mark.slow  # every test here runs a real simulation
 
 ATTACK_ROUND = 3
 COLLUDERS = 3

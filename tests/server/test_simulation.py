@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from server.run_store import load_checkpoint, read_rounds
 from tests.conftest import simulated_run
+
+pytestmark = pytest.mark.slow  # every test here runs a real simulation
 
 
 def test_flwr_run_simulation_trains_and_writes_its_run_directory(

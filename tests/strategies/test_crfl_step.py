@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from core.config import ConfigError, RunConfig
 from core.data import load_splits
-from core.models import InputSpec, build_model
+from core.models import build_model
 from core.params import Layout, flatten_record, model_to_record, record_to_numpy
 from core.seeds import torch_generator
 from server.app import build_strategy
@@ -25,8 +23,7 @@ from strategies.crfl import (
 )
 from strategies.gate import CertificationGate
 from strategies.robust import RobustStrategy
-
-SPEC = InputSpec(1, 4, 4, 3, (0.5,), (0.25,))
+from tests.conftest import tiny_template, train_reply
 
 
 def test_clip_norm_projects_onto_the_ball_and_keeps_the_direction() -> None:
@@ -49,23 +46,16 @@ def test_perturbation_has_the_configured_std() -> None:
     assert abs(float(out.mean())) < 0.001
 
 
-def _reply(node: int, record: dict[str, np.ndarray]) -> Message:
-    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train")
-    arrays = ArrayRecord({k: Array(v) for k, v in record.items()})
-    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10})})
-    return Message(content, reply_to=sent)
-
-
 def test_strategy_clips_and_perturbs_the_aggregate_and_releases_the_last_round_unnoised() -> None:
     cfg = RunConfig.from_flat({
         "train.clients-per-round": 3, "agg.rule": "mean", "num-rounds": 4, "crfl.enabled": True,
         "crfl.sigma": 0.02, "crfl.rho": 3.0, "crfl.rho-start": 1.0, "crfl.rho-growth": 0.5,
     })  # fmt: skip
-    template = model_to_record(build_model("mlp", SPEC, seed=0))
+    template = tiny_template()
     layout = Layout.of(record_to_numpy(template))
     strategy = CRFLStrategy(cfg, template)
     replies = [
-        _reply(i, {k: v + 0.5 * (i + 1) for k, v in record_to_numpy(template).items()})
+        train_reply(i, {k: v + 0.5 * (i + 1) for k, v in record_to_numpy(template).items()})
         for i in range(3)
     ]
     mean = flatten_record(template, layout) + 1.0  # the mean of the shifts 0.5, 1, 1.5
@@ -75,16 +65,18 @@ def test_strategy_clips_and_perturbs_the_aggregate_and_releases_the_last_round_u
     arrays, _ = strategy.aggregate_train(2, replies)
     assert arrays is not None
     got = flatten_record(arrays, layout)
-    expected = clip_and_perturb(mean, 2.0, 0.02, torch_generator(cfg.seed, "crfl-noise", 2))
+    # written out by hand: the mean scaled to norm rho_2 = 1 + 0.5 * 2, plus the round's noise
+    draw = torch.randn(mean.shape, generator=torch_generator(cfg.seed, "crfl-noise", 2))
+    expected = mean * (2.0 / float(mean.norm())) + 0.02 * draw
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    noise = got - clip_norm(mean, 2.0)
+    noise = got - mean * (2.0 / float(mean.norm()))
     assert float(noise.std()) == pytest.approx(0.02, rel=0.05)
 
     strategy.begin_round(4, template, sampled=3)
     final, _ = strategy.aggregate_train(4, replies)
     assert final is not None
-    torch.testing.assert_close(flatten_record(final, layout), clip_norm(mean, 3.0), atol=1e-5,
-                               rtol=0)  # fmt: skip
+    clipped = mean * (3.0 / float(mean.norm()))  # rho_4 = 1 + 0.5 * 4 = 3, no noise
+    torch.testing.assert_close(flatten_record(final, layout), clipped, atol=1e-5, rtol=0)
     assert float(flatten_record(final, layout).norm()) == pytest.approx(3.0, rel=1e-5)
 
 

@@ -5,41 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Error,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord
 
 from core.config import ConfigError, RunConfig
-from core.models import InputSpec, build_model
-from core.params import Layout, flatten_record, model_to_record, record_to_numpy
+from core.params import Layout, flatten_record, record_to_numpy
 from strategies.robust import RobustStrategy, client_weights
-
-SPEC = InputSpec(1, 4, 4, 3, (0.5,), (0.25,))
-
-
-def _template() -> ArrayRecord:
-    return model_to_record(build_model("mlp", SPEC, seed=0))
+from tests.conftest import tiny_template as _template
+from tests.conftest import train_reply as _reply
 
 
 def _strategy(**flat: object) -> RobustStrategy:
     cfg = RunConfig.from_flat({"train.clients-per-round": 5, **flat})
     return RobustStrategy(cfg, _template())
-
-
-def _reply(node: int, arrays: dict[str, np.ndarray] | None, n: object = 10) -> Message:
-    """A reply from `node` carrying `arrays` (None: an error reply) and `num-examples` = n."""
-    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train")
-    if arrays is None:
-        return Message(Error(code=0, reason="client crashed"), reply_to=sent)
-    metrics = MetricRecord({"num-examples": n}) if n is not None else MetricRecord({"loss": 1.0})
-    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=sent)
 
 
 def _shifted(template: ArrayRecord, delta: float) -> dict[str, np.ndarray]:
@@ -106,3 +83,16 @@ def test_reported_example_counts_are_capped() -> None:
     assert weights.tolist() == pytest.approx([100.0, 120.0, 80.0, 2 * 110.0])
     uniform = RunConfig.from_flat({}).agg
     assert client_weights(counts, uniform).tolist() == [1.0] * 4
+
+
+def test_sampling_depends_on_seed_round_and_connected_set_only() -> None:
+    from strategies.robust import sample_nodes
+
+    nodes = list(range(100, 120))
+    chosen = sample_nodes(nodes, 5, seed=3, server_round=7)
+    assert chosen == sample_nodes(nodes[::-1], 5, seed=3, server_round=7)
+    assert len(set(chosen)) == 5 and set(chosen) <= set(nodes)
+    by_round = {tuple(sample_nodes(nodes, 5, seed=3, server_round=r)) for r in range(1, 6)}
+    by_seed = {tuple(sample_nodes(nodes, 5, seed=s, server_round=7)) for s in range(5)}
+    assert len(by_round) > 1 and len(by_seed) > 1
+    assert sorted(sample_nodes(nodes[:3], 5, seed=3, server_round=7)) == nodes[:3]
