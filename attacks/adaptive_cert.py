@@ -21,13 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.collusion import Coalition
-from attacks.distillation import distill, distillation_temperature, pooled_data
+from attacks.distillation import DistillationParams, distill, pooled_data
 from attacks.registry import register
 from certify import certified_margins, certify_dataset
-from certify.metrics import eval_mode
+from certify.metrics import certification_metrics, eval_mode
+from core.config import GateConfig
+from core.config_base import param
 from core.data import ImageSet, to_float
+from core.gate_rule import cfat_bound
 from core.job import LocalJob, LocalResult
 from core.models import build_model
+from core.policy_params import PolicyParams
 
 
 @dataclass(frozen=True)
@@ -64,21 +68,17 @@ class AdaptiveOutcome:
     seconds: float
 
 
-def gate_targets(
-    reference: nn.Module,
-    cert: ImageSet,
-    radii: tuple[float, ...],
-    acc_ratio: float,
-    loss_growth: float,
-    loss_slack: float,
-) -> list[CertTarget]:
-    """The gate's acceptance bounds at each radius, from the reference model's statistics."""
+def gate_targets(reference: nn.Module, cert: ImageSet, gate: GateConfig) -> list[CertTarget]:
+    """The gate's acceptance bounds at each L_crt (`gate.l-crt`): CFAT's rule
+    (`core.gate_rule.cfat_bound`, the paper's attacker, whatever `gate.rule` enforces) with
+    `reference`'s certified metrics on `cert` as the last accepted model's."""
     x, y = to_float(cert.x), cert.y
+    metrics = certification_metrics(reference, x, y, gate.l_crt)
     targets = []
-    for eps in radii:
-        r = certify_dataset(reference, x, y, eps)
-        bound = float(r.certified_loss) * (1 + loss_growth) + loss_slack
-        targets.append(CertTarget(eps, bound, acc_ratio * r.certified_accuracy))
+    for eps in gate.l_crt:
+        loss = cfat_bound(f"cert_loss@{eps:g}", metrics[f"cert_loss@{eps:g}"], gate)
+        acc = cfat_bound(f"cert_acc@{eps:g}", metrics[f"cert_acc@{eps:g}"], gate)
+        targets.append(CertTarget(eps, loss.bound, acc.bound))
     return targets
 
 
@@ -170,6 +170,19 @@ def _meets_all(
         return all(meets(model, x, y, t.eps, t) for t in targets)
 
 
+class AdaptiveCertParams(PolicyParams):
+    """`adaptive-cert`'s search budget (it also reads the distillation parameters)."""
+
+    adaptive_eps_start: float = param(
+        0.1, "adaptive-cert: match the gate's targets first at this radius ...", gt=0
+    )
+    adaptive_eps_step: float = param(
+        0.01, "... then grow it by this up to L_crt (CFAT Sec. 5.2)", gt=0
+    )
+    adaptive_steps: int = param(500, "adaptive-cert: optimiser step budget", ge=1)
+    adaptive_seconds: float = param(600.0, "adaptive-cert: time budget in seconds", gt=0)
+
+
 def _endless(data: ImageSet, generator: torch.Generator, batch_size: int = 64):
     """Shuffled float batches of `data`, epoch after epoch."""
     while True:
@@ -178,27 +191,26 @@ def _endless(data: ImageSet, generator: torch.Generator, batch_size: int = 64):
 
 def adaptive_model(job: LocalJob, data: ImageSet) -> dict[str, torch.Tensor]:
     """The leader's work: distil on the pooled data, then refine against the gate's targets."""
-    cfg, a = job.cfg, job.cfg.attack
-    temperature = distillation_temperature(cfg)
-    g = job.generator("adaptive-cert")
+    cfg = job.cfg
+    params, distillation = AdaptiveCertParams.of(cfg), DistillationParams.of(cfg)
+    temperature = distillation.distill_temperature
+    generator = job.generator("adaptive-cert")
     init = build_model(cfg.model.name, job.splits.spec, seed=job.seed("distill"))
-    teacher, student = distill(init, data, temperature, a.distill_epochs, a.distill_lr, g)
-    gate = cfg.gate
-    targets = gate_targets(
-        job.global_model().cpu(), job.splits.cert, gate.l_crt, gate.acc_ratio, gate.loss_growth,
-        gate.loss_slack,
-    )  # fmt: skip
+    teacher, student = distill(
+        init, data, temperature, distillation.distill_epochs, distillation.distill_lr, generator
+    )
+    targets = gate_targets(job.global_model().cpu(), job.splits.cert, cfg.gate)
     budget = AdaptiveBudget(
-        eps_start=a.adaptive_eps_start, eps_step=a.adaptive_eps_step,
-        max_steps=a.adaptive_steps, max_seconds=a.adaptive_seconds,
+        eps_start=params.adaptive_eps_start, eps_step=params.adaptive_eps_step,
+        max_steps=params.adaptive_steps, max_seconds=params.adaptive_seconds,
     )  # fmt: skip
     refine_for_certification(
-        student, teacher, data, job.splits.cert, targets, temperature, budget, g
+        student, teacher, data, job.splits.cert, targets, temperature, budget, generator
     )
     return {k: v.cpu() for k, v in student.state_dict().items()}
 
 
-@register("adaptive-cert", coalition=True)
+@register("adaptive-cert", coalition=True, params=(AdaptiveCertParams, DistillationParams))
 def adaptive_cert(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply with the coalition's distilled, certification-matched model."""
     data = pooled_data(job, coalition)  # every member contributes its data to the leader's pool

@@ -16,17 +16,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from attacks.boosting import BoostParams
 from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.replace import replacement_reply
 from attacks.updates import model_vector
 from core.config import ConfigError
+from core.config_base import param
 from core.job import LocalJob, LocalResult, sgd_config
 from core.models import build_model
+from core.policy_params import PolicyParams
 from core.seeds import derive_seed
 from core.training import train
 
 _STASH = "aru-model"
+
+
+class AruParams(PolicyParams):
+    """`aru`'s non-robust model (it also reads BoostParams)."""
+
+    nonrobust_path: str = param(
+        "",
+        "aru: checkpoint (final.pt of a plain-SGD run) of the non-robust model "
+        '("" = trained by the colluders)',
+    )
+    nonrobust_epochs: int = param(
+        10, "aru: plain-SGD epochs of that model from scratch on the leader's partition", ge=1
+    )
 
 
 def load_nonrobust(job: LocalJob, path: str) -> nn.Module:
@@ -50,7 +66,7 @@ def train_nonrobust(job: LocalJob) -> nn.Module:
     """A stand-in for the FedAvg model: fresh init, plain SGD on this client's partition."""
     cfg = job.cfg
     model = build_model(cfg.model.name, job.splits.spec, seed=derive_seed(cfg.seed, "aru"))
-    t = cfg.train.model_copy(update={"local_epochs": cfg.attack.nonrobust_epochs})
+    t = cfg.train.model_copy(update={"local_epochs": AruParams.of(cfg).nonrobust_epochs})
     train(model.to(job.device), job.data, sgd_config(t), job.generator("aru"), device=job.device)
     return model
 
@@ -60,14 +76,14 @@ def nonrobust_target(job: LocalJob, coalition: Coalition) -> torch.Tensor:
     stashed = coalition.recall(_STASH)
     if stashed is not None:
         return stashed
-    path = job.cfg.attack.nonrobust_path
+    path = AruParams.of(job.cfg).nonrobust_path
     model = load_nonrobust(job, path) if path else train_nonrobust(job)
     target = model_vector(job, model)
     coalition.stash(_STASH, target)
     return target
 
 
-@register("aru", coalition=True)
+@register("aru", coalition=True, params=(AruParams, BoostParams))
 def aru(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Replace the global model with the non-robust model, boosted and shared."""
     target = coalition.from_leader("aru-target", lambda: nonrobust_target(job, coalition))

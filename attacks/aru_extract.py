@@ -15,18 +15,48 @@ colluders sampled later continue where earlier ones stopped.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from attacks.adversarial_training import benign_train, madry_perturb
+from attacks.boosting import BoostParams
 from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.replace import replacement_reply
 from attacks.updates import global_vector, model_vector, vector_model
+from core.adversarial_training import benign_train, madry_perturb
+from core.config import RunConfig
+from core.config_base import param
 from core.job import LocalJob, LocalResult, sgd_config
+from core.policy_params import PolicyParams
 from core.training import BatchTransform, Perturb, train
 
 _STASH = "aru-extract"
+
+
+class AruExtractParams(PolicyParams):
+    """`aru-extract`'s schedule and training (it also reads BoostParams)."""
+
+    extract_rounds: int = param(
+        50, "aru-extract: E, rounds of joint extraction before replacing (ARU Sec. 4.2: 50)", ge=1
+    )
+    extract_clean: bool = param(
+        True,
+        "aru-extract: also train on the clean points with their labels, keeps clean accuracy "
+        "(false = the paper's)",
+    )
+    extract_epochs: int = param(
+        0,
+        "aru-extract: local epochs of each extraction round (0 -> train.local-epochs)",
+        sentinel=0,
+        ge=0,
+    )
+
+    @classmethod
+    def resolve(cls, params: AruExtractParams, cfg: RunConfig) -> dict[str, Any]:
+        """0 epochs: a benign client's."""
+        return {"extract_epochs": cfg.train.local_epochs} if params.extract_epochs == 0 else {}
 
 
 def wrong_labels(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,8 +82,8 @@ def relabel_adversarial(perturb: Perturb, keep_clean: bool) -> BatchTransform:
 def unharden(model: nn.Module, job: LocalJob) -> None:
     """One extraction round's local training, in place: the `train.*` optimiser and PGD budget
     (PGD whatever `train.mode`) for `attack.extract-epochs` epochs."""
-    t, epochs = job.cfg.train, job.cfg.attack.extract_epochs
-    pgd_train = t.model_copy(update={"mode": "pgd", "local_epochs": epochs or t.local_epochs})
+    t, params = job.cfg.train, AruExtractParams.of(job.cfg)
+    pgd_train = t.model_copy(update={"mode": "pgd", "local_epochs": params.extract_epochs})
     perturb = madry_perturb(pgd_train, job.generator("aru-extract-pgd"))
     assert perturb is not None
     train(
@@ -61,7 +91,7 @@ def unharden(model: nn.Module, job: LocalJob) -> None:
         job.data,
         sgd_config(pgd_train),
         job.generator("aru-extract"),
-        transform=relabel_adversarial(perturb, job.cfg.attack.extract_clean),
+        transform=relabel_adversarial(perturb, params.extract_clean),
         device=job.device,
     )
 
@@ -72,7 +102,7 @@ def weighted_average(shares: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     return (torch.stack([v for v, _ in shares]) * (weights / weights.sum())[:, None]).sum(0)
 
 
-@register("aru-extract", coalition=True)
+@register("aru-extract", coalition=True, params=(AruExtractParams, BoostParams))
 def aru_extract(job: LocalJob, coalition: Coalition) -> LocalResult:
     """One joint extraction round; replace with the extracted model once E rounds are done."""
     state = coalition.from_leader(
@@ -87,7 +117,7 @@ def aru_extract(job: LocalJob, coalition: Coalition) -> LocalResult:
     rounds = state["rounds"] + 1
     if coalition.is_leader:
         coalition.stash(_STASH, {"model": extracted, "rounds": rounds})
-    if rounds < job.cfg.attack.extract_rounds:
+    if rounds < AruExtractParams.of(job.cfg).extract_rounds:
         benign = job.global_model()
         return job.reply(benign, **{"train-loss": benign_train(job, benign)})
     return replacement_reply(job, coalition, extracted)

@@ -12,21 +12,66 @@ together: the leader trains, every member sends its model. The trigger functions
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from attacks.adversarial_training import madry_perturb
 from attacks.collusion import Coalition
 from attacks.registry import register
+from core.adversarial_training import madry_perturb
 from core.config import ConfigError, RunConfig
-from core.data import ImageSet
+from core.config_base import param
+from core.data import ImageSet, num_classes
 from core.job import LocalJob, LocalResult, sgd_config
 from core.models import InputSpec
+from core.policy_params import PolicyParams
 from core.training import BatchTransform, Perturb, train
 
 # CFAT Sec. 5: "vertical stripes of magnitude L_inf = 0.1 for MNIST and 6/255 for CIFAR10"
 DEFAULT_MAGNITUDE = {"cifar10": 6 / 255}
 MNIST_LIKE_MAGNITUDE = 0.1
+
+
+class BackdoorParams(PolicyParams):
+    """`backdoor`'s trigger, target and poisoned share; the server's backdoor metric reads the
+    trigger and target in every run, and CRFL's radius the share (`crfl.poison-fraction` = 0)."""
+
+    fills = {"crfl.poison-fraction": "poison_fraction"}
+
+    backdoor_target: int = param(
+        0, "backdoor: the class the stripe trigger maps inputs to (CFAT names none)", ge=0
+    )
+    trigger_magnitude: float = param(
+        0.0,
+        "backdoor: L-inf size of the vertical-stripe trigger (0 -> 0.1 MNIST-like, 6/255 "
+        "CIFAR-10; CFAT Sec. 5)",
+        sentinel=0.0,
+        ge=0,
+        le=1,
+    )
+    poison_fraction: float = param(
+        0.3, "backdoor: share of each training batch stamped with the trigger and relabelled",
+        gt=0, lt=1,
+    )  # fmt: skip
+
+    @classmethod
+    def resolve(cls, params: BackdoorParams, cfg: RunConfig) -> dict[str, Any]:
+        """Magnitude 0: CFAT's for the dataset."""
+        if params.trigger_magnitude > 0:
+            return {}
+        m = DEFAULT_MAGNITUDE.get(cfg.data.dataset, MNIST_LIKE_MAGNITUDE)
+        return {"trigger_magnitude": m}
+
+    @classmethod
+    def check(cls, params: BackdoorParams, cfg: RunConfig, chosen: bool) -> None:
+        """The target must be a class of the dataset (read from an npz file only if > 0)."""
+        target = params.backdoor_target
+        if target > 0 and target >= (classes := num_classes(cfg.data)):
+            raise ConfigError(
+                f"run config key 'attack.backdoor-target' = {target}: must be < {classes}, "
+                f"the number of classes of {cfg.data.dataset}"
+            )
 
 
 def stripe_trigger(spec: InputSpec, magnitude: float) -> torch.Tensor:
@@ -42,23 +87,6 @@ def stripe_trigger(spec: InputSpec, magnitude: float) -> torch.Tensor:
 def apply_trigger(x: torch.Tensor, trigger: torch.Tensor) -> torch.Tensor:
     """`x` (N, C, H, W) in [0, 1] with the additive `trigger` stamped on, clamped to [0, 1]."""
     return (x + trigger.to(x.device, x.dtype)).clamp_(0.0, 1.0)
-
-
-def trigger_magnitude(cfg: RunConfig) -> float:
-    """`attack.trigger-magnitude`, or CFAT's magnitude for the dataset when it is <= 0."""
-    m = cfg.attack.trigger_magnitude
-    return m if m > 0 else DEFAULT_MAGNITUDE.get(cfg.data.dataset, MNIST_LIKE_MAGNITUDE)
-
-
-def backdoor_target(cfg: RunConfig, spec: InputSpec) -> int:
-    """`attack.backdoor-target`, checked against the dataset's number of classes."""
-    target = cfg.attack.backdoor_target
-    if target >= spec.num_classes:
-        raise ConfigError(
-            f"run config key 'attack.backdoor-target' = {target}: must be < {spec.num_classes}, "
-            f"the number of classes of {cfg.data.dataset}"
-        )
-    return target
 
 
 def poison_batch(
@@ -113,12 +141,12 @@ def trigger_success(
 def backdoor_train(job: LocalJob, model: nn.Module) -> float:
     """Madry-train `model` in place on the job's partition with a share of every batch
     triggered and relabelled; mean training loss."""
-    cfg, spec = job.cfg, job.splits.spec
-    trigger = stripe_trigger(spec, trigger_magnitude(cfg))
+    cfg, params = job.cfg, BackdoorParams.of(job.cfg)
+    trigger = stripe_trigger(job.splits.spec, params.trigger_magnitude)
     rewrite = poison_batch(
         trigger,
-        backdoor_target(cfg, spec),
-        cfg.attack.poison_fraction,
+        params.backdoor_target,
+        params.poison_fraction,
         job.generator("backdoor"),
         madry_perturb(cfg.train, job.generator("pgd")),
     )
@@ -129,7 +157,7 @@ def backdoor_train(job: LocalJob, model: nn.Module) -> float:
     return stats.mean_loss
 
 
-@register("backdoor", coalition=True)
+@register("backdoor", coalition=True, params=(BackdoorParams,))
 def backdoor(job: LocalJob, coalition: Coalition) -> LocalResult:
     """The leader backdoors the global model on its partition; every colluder of the round
     replies with that same model, so a colluding majority decides a median outright."""

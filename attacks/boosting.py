@@ -7,10 +7,31 @@ replaces G by R when the benign updates are near zero. N colluders share it, gam
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from attacks.collusion import Coalition
 from core.config import RunConfig
+from core.config_base import param
+from core.policy_params import PolicyParams
+
+
+class BoostParams(PolicyParams):
+    """Boosting, read by every replacing policy (replace, aru, aru-extract, edge-case's
+    pgd-replace, targeted-poisoning with tp-boost)."""
+
+    boost: float = param(
+        0.0,
+        "model replacement boosting gamma (0 -> train.clients-per-round), shared gamma/N",
+        sentinel=0.0,
+        ge=0,
+    )
+
+    @classmethod
+    def resolve(cls, params: BoostParams, cfg: RunConfig) -> dict[str, Any]:
+        """gamma = K = n_S / n_i with equal data: what replaces the global model."""
+        return {"boost": float(cfg.train.clients_per_round)} if params.boost == 0 else {}
 
 
 def boost(target: torch.Tensor, global_: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -19,6 +40,5 @@ def boost(target: torch.Tensor, global_: torch.Tensor, gamma: float) -> torch.Te
 
 
 def boost_factor(cfg: RunConfig, coalition: Coalition) -> float:
-    """gamma / N: `attack.boost`, or clients-per-round when it is 0, shared by the coalition."""
-    gamma = cfg.attack.boost or float(cfg.train.clients_per_round)
-    return gamma / coalition.size
+    """gamma / N: `attack.boost` shared by the coalition."""
+    return BoostParams.of(cfg).boost / coalition.size

@@ -13,11 +13,57 @@ from statistics import NormalDist
 
 import torch
 
-from attacks.adversarial_training import benign_train
 from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.updates import layout_of, model_update, reply_with_update
+from core.adversarial_training import benign_train
+from core.config import ConfigError, RunConfig
+from core.config_base import param
 from core.job import LocalJob, LocalResult
+from core.policy_params import PolicyParams
+
+
+class SignFlipParams(PolicyParams):
+    """`sign-flip`'s scale."""
+
+    flip_scale: float = param(1.0, "sign-flip: c, the reply is G - c * (U - G)", gt=0)
+
+
+class GaussianParams(PolicyParams):
+    """`gaussian`'s noise."""
+
+    noise_std: float = param(1.0, "gaussian: sigma, the reply is G + N(0, sigma^2)", gt=0)
+
+
+class AlieParams(PolicyParams):
+    """`alie`'s z_max; its default needs the colluders present in the round, so `alie_policy`
+    resolves it there."""
+
+    alie_z: float = param(
+        0.0,
+        "alie: z_max (0 -> Baruch et al. 2019 formula from clients-per-round n and colluders f)",
+        sentinel=0.0,
+        resolved_in="attacks.byzantine.alie_policy (f: the colluders present in the round)",
+        ge=0,
+    )
+
+    @classmethod
+    def check(cls, params: AlieParams, cfg: RunConfig, chosen: bool) -> None:
+        """The formula needs n >= 2."""
+        n = cfg.train.clients_per_round
+        if chosen and params.alie_z == 0 and n < 2:
+            raise ConfigError(
+                f"run config key 'train.clients-per-round' = {n}: alie's z_max formula needs "
+                "at least 2; set attack.alie-z"
+            )
+
+
+class IpmParams(PolicyParams):
+    """`ipm`'s epsilon."""
+
+    ipm_epsilon: float = param(
+        0.1, "ipm: epsilon, the reply's update is -epsilon * mean benign update", gt=0
+    )
 
 
 def sign_flip(update: torch.Tensor, scale: float) -> torch.Tensor:
@@ -71,29 +117,32 @@ def _colluders_updates(job: LocalJob, coalition: Coalition, key: str) -> torch.T
     return torch.stack(coalition.gather(key, _own_update(job)))
 
 
-@register("sign-flip")
+@register("sign-flip", params=(SignFlipParams,))
 def sign_flip_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply G - c (U - G) with U this client's benign model, c = `attack.flip-scale`."""
-    return reply_with_update(job, sign_flip(_own_update(job), job.cfg.attack.flip_scale))
+    return reply_with_update(
+        job, sign_flip(_own_update(job), SignFlipParams.of(job.cfg).flip_scale)
+    )
 
 
-@register("gaussian")
+@register("gaussian", params=(GaussianParams,))
 def gaussian_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply G + N(0, sigma^2 I), sigma = `attack.noise-std`."""
     size = layout_of(job).size
-    noise = gaussian_update(size, job.cfg.attack.noise_std, job.generator("gaussian"))
+    noise = gaussian_update(size, GaussianParams.of(job.cfg).noise_std, job.generator("gaussian"))
     return reply_with_update(job, noise)
 
 
-@register("alie", coalition=True)
+@register("alie", coalition=True, params=(AlieParams,))
 def alie_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
-    """Reply G + mean - z_max std of the colluders' benign updates (n = clients-per-round)."""
-    z = job.cfg.attack.alie_z or alie_z(job.cfg.train.clients_per_round, coalition.size)
+    """Reply G + mean - z_max std of the colluders' benign updates (n = clients-per-round);
+    `attack.alie-z` = 0 resolved here, with f the colluders present."""
+    z = AlieParams.of(job.cfg).alie_z or alie_z(job.cfg.train.clients_per_round, coalition.size)
     return reply_with_update(job, alie(_colluders_updates(job, coalition, "alie-update"), z))
 
 
-@register("ipm", coalition=True)
+@register("ipm", coalition=True, params=(IpmParams,))
 def ipm_policy(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply G - epsilon * mean of the colluders' benign updates, epsilon = `attack.ipm-epsilon`."""
     updates = _colluders_updates(job, coalition, "ipm-update")
-    return reply_with_update(job, ipm(updates, job.cfg.attack.ipm_epsilon))
+    return reply_with_update(job, ipm(updates, IpmParams.of(job.cfg).ipm_epsilon))

@@ -26,9 +26,32 @@ from typing import Any, TypeVar
 import torch
 
 from core.config import RunConfig
+from core.config_base import param
+from core.policy_params import PolicyParams, declare_params
 
 T = TypeVar("T")
 _POLL_S = 0.05
+
+
+class ChannelParams(PolicyParams):
+    """The colluders' channel: where they meet and how long they wait (every policy reads it:
+    with `roles.min-colluders` > 1 any policy goes through the rendezvous)."""
+
+    channel_dir: str = param(
+        "",
+        'the colluders\' rendezvous directory ("" -> <output-dir>/colluders/run-<id>)',
+        sentinel="",
+        resolved_in="attacks.collusion.channel_root (needs the Flower run id)",
+    )
+    rendezvous_s: float = param(
+        10.0, "seconds colluders wait for each other after the first check-in", gt=0
+    )
+    channel_timeout: float = param(
+        600.0, "seconds a colluder waits for a partner's shared model", gt=0
+    )
+
+
+declare_params(ChannelParams, common=True)
 
 
 class ChannelError(RuntimeError):
@@ -161,17 +184,22 @@ class CollusionChannel:
 
 
 def channel_root(cfg: RunConfig, run_id: int) -> Path:
-    """The colluders' directory of Flower run `run_id`: `attack.channel-dir`, or one per run."""
-    if cfg.attack.channel_dir:
-        return Path(cfg.attack.channel_dir).expanduser().resolve()
+    """The colluders' directory of Flower run `run_id`: `attack.channel-dir`, or one per run
+    (the one place its "" sentinel is resolved: the run id exists only once the run does)."""
+    channel_dir = ChannelParams.of(cfg).channel_dir
+    if channel_dir:
+        return Path(channel_dir).expanduser().resolve()
     return Path(cfg.output_dir).expanduser().resolve() / "colluders" / f"run-{run_id}"
 
 
 def open_channel(cfg: RunConfig, run_id: int) -> CollusionChannel:
     """The run's channel with the run config's k, window and timeout."""
-    a = cfg.attack
+    params = ChannelParams.of(cfg)
     return CollusionChannel(
-        channel_root(cfg, run_id), cfg.roles.min_colluders, a.rendezvous_s, a.channel_timeout
+        channel_root(cfg, run_id),
+        cfg.roles.min_colluders,
+        params.rendezvous_s,
+        params.channel_timeout,
     )
 
 

@@ -14,6 +14,7 @@ colluding majority returns it exactly.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,11 @@ from torch import nn
 from attacks.collusion import Coalition
 from attacks.registry import register
 from core.config import RunConfig
+from core.config_base import param
 from core.data import ImageSet
 from core.job import LocalJob, LocalResult
 from core.models import build_model
+from core.policy_params import PolicyParams
 from core.training import SGDConfig, train
 
 # CFAT Sec. 5: the temperature that matches the PGD accuracy of an honest model
@@ -32,10 +35,30 @@ DEFAULT_TEMPERATURE = {"cifar10": 25.0}
 MNIST_LIKE_TEMPERATURE = 100.0
 
 
-def distillation_temperature(cfg: RunConfig) -> float:
-    """`attack.distill-temperature`, or the paper's T for the dataset when it is 0."""
-    t = cfg.attack.distill_temperature
-    return t if t > 0 else DEFAULT_TEMPERATURE.get(cfg.data.dataset, MNIST_LIKE_TEMPERATURE)
+class DistillationParams(PolicyParams):
+    """Defensive distillation, read by `distillation` and `adaptive-cert`; its T is also the
+    temperature of the central temperature-PGD metric (`eval.temperature` = -1)."""
+
+    fills = {"eval.temperature": "distill_temperature"}
+
+    distill_temperature: float = param(
+        0.0,
+        "distillation: T (0 -> 100 for MNIST-like, 25 for CIFAR-10; CFAT Sec. 5)",
+        sentinel=0.0,
+        ge=0,
+    )
+    distill_epochs: int = param(
+        10, "distillation: epochs for the teacher, then for the student", ge=1
+    )
+    distill_lr: float = param(0.003, "distillation: Adam step size", gt=0)
+
+    @classmethod
+    def resolve(cls, params: DistillationParams, cfg: RunConfig) -> dict[str, Any]:
+        """T = 0: the paper's temperature for the dataset."""
+        if params.distill_temperature > 0:
+            return {}
+        t = DEFAULT_TEMPERATURE.get(cfg.data.dataset, MNIST_LIKE_TEMPERATURE)
+        return {"distill_temperature": t}
 
 
 def train_at_temperature(
@@ -102,16 +125,16 @@ def pooled_data(job: LocalJob, coalition: Coalition) -> ImageSet:
 def distilled_model(job: LocalJob, coalition: Coalition) -> nn.Module:
     """The coalition's distilled model: the leader trains it on the pooled data, all send it."""
     data = pooled_data(job, coalition)
-    a = job.cfg.attack
+    params = DistillationParams.of(job.cfg)
 
     def train_distilled() -> dict[str, torch.Tensor]:
         init = build_model(job.cfg.model.name, job.splits.spec, seed=job.seed("distill"))
         _, model = distill(
             init.to(job.device),
             data,
-            distillation_temperature(job.cfg),
-            a.distill_epochs,
-            a.distill_lr,
+            params.distill_temperature,
+            params.distill_epochs,
+            params.distill_lr,
             job.generator("distillation"),
             device=job.device,
         )
@@ -122,7 +145,7 @@ def distilled_model(job: LocalJob, coalition: Coalition) -> nn.Module:
     return model
 
 
-@register("distillation", coalition=True)
+@register("distillation", coalition=True, params=(DistillationParams,))
 def distillation(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply with the coalition's defensively distilled model."""
     return job.reply(distilled_model(job, coalition))

@@ -13,19 +13,76 @@ with clean points of its partition, by the run's own local training (Madry PGD w
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
+from pydantic import field_validator
 from torch import nn
 
-from attacks.adversarial_training import madry_perturb
-from attacks.boosting import boost, boost_factor
+from attacks.boosting import BoostParams, boost, boost_factor
 from attacks.collusion import Coalition
-from attacks.edge_case_data import EdgeCaseSet, load_edge_case
+from attacks.edge_case_data import EDGE_CASE_SOURCES, EdgeCaseSet, load_edge_case
 from attacks.registry import register
-from core.config import AttackConfig
+from core.adversarial_training import madry_perturb
+from core.config import ConfigError, RunConfig
+from core.config_base import param
 from core.data import ImageSet
 from core.job import LocalJob, LocalResult, sgd_config
+from core.policy_params import PolicyParams
 from core.seeds import torch_generator
 from core.training import AfterStep, train
+
+
+class EdgeCaseParams(PolicyParams):
+    """`edge-case`'s mode, attacker set and ball (pgd-replace also boosts: BoostParams)."""
+
+    edge_mode: Literal["blackbox", "pgd", "pgd-replace"] = param(
+        "pgd", "edge-case: blackbox | pgd | pgd-replace (Attack of the Tails Sec. 2)"
+    )
+    edge_samples: int = param(
+        -1,
+        "edge-case: edge-case images the attacker trains on (-1 -> 66 ARDIS / 100 Southwest)",
+        sentinel=-1,
+        ge=-1,
+    )
+    edge_fraction: float = param(
+        -1.0,
+        "edge-case: their share of the attacker's data (-1 -> 66/166 ARDIS, 100/500 Southwest)",
+        sentinel=-1.0,
+        ge=-1,
+        le=1,
+    )
+    edge_delta: float = param(
+        2.0, "edge-case pgd, pgd-replace: L2 radius of the reply around the global model", gt=0
+    )
+
+    @field_validator("edge_samples", "edge_fraction")
+    @classmethod
+    def _default_or_positive(cls, v: float) -> float:
+        if v != -1 and v <= 0:
+            raise ValueError("expected -1 (the paper's default) or a value > 0")
+        return v
+
+    @classmethod
+    def resolve(cls, params: EdgeCaseParams, cfg: RunConfig) -> dict[str, Any]:
+        """-1: the authors' attacker set for the dataset (ARDIS's for every dataset but
+        CIFAR-10, whose is Southwest's)."""
+        source = EDGE_CASE_SOURCES.get(cfg.data.dataset, EDGE_CASE_SOURCES["mnist"])
+        update: dict[str, Any] = {}
+        if params.edge_samples < 0:
+            update["edge_samples"] = source.samples
+        if params.edge_fraction < 0:
+            update["edge_fraction"] = source.fraction
+        return update
+
+    @classmethod
+    def check(cls, params: EdgeCaseParams, cfg: RunConfig, chosen: bool) -> None:
+        """The chosen policy needs a dataset with an edge-case set."""
+        if chosen and cfg.data.dataset not in EDGE_CASE_SOURCES:
+            raise ConfigError(
+                f"run config key 'data.dataset' = {cfg.data.dataset!r}: the edge-case policy "
+                f"needs an edge-case set; available for: {', '.join(sorted(EDGE_CASE_SOURCES))}"
+            )
 
 
 def project_l2(w: torch.Tensor, center: torch.Tensor, radius: float) -> torch.Tensor:
@@ -72,15 +129,15 @@ def projection_step(center: torch.Tensor, radius: float) -> AfterStep:
 def attacker_set(
     clean: ImageSet,
     edge: EdgeCaseSet,
-    attack: AttackConfig,
+    params: EdgeCaseParams,
     edge_generator: torch.Generator,
     clean_generator: torch.Generator,
 ) -> ImageSet:
-    """D': `attack.edge-samples` edge-case images (-1: the authors' count) plus as many clean
-    points as make them `attack.edge-fraction` of it (-1: the authors' share), each drawn at
-    random; the clean points are capped at the partition's size."""
-    n_edge = min(edge.samples if attack.edge_samples < 0 else attack.edge_samples, len(edge.train))
-    fraction = edge.fraction if attack.edge_fraction < 0 else attack.edge_fraction
+    """D': `attack.edge-samples` edge-case images plus as many clean points as make them
+    `attack.edge-fraction` of it, each drawn at random; the edge-case images are capped at the
+    set's size, the clean points at the partition's."""
+    n_edge = min(params.edge_samples, len(edge.train))
+    fraction = params.edge_fraction
     n_clean = min(round(n_edge * (1 - fraction) / fraction), len(clean))
     pick_edge = torch.randperm(len(edge.train), generator=edge_generator)[:n_edge]
     pick_clean = torch.randperm(len(clean), generator=clean_generator)[:n_clean]
@@ -90,10 +147,10 @@ def attacker_set(
     )
 
 
-@register("edge-case", coalition=True)
+@register("edge-case", coalition=True, params=(EdgeCaseParams, BoostParams))
 def edge_case(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Train on edge-case images with the target label mixed with clean data, as the mode says."""
-    cfg, attack = job.cfg, job.cfg.attack
+    cfg, attack = job.cfg, EdgeCaseParams.of(job.cfg)
     edge = load_edge_case(cfg.data)
     data = attacker_set(
         job.data, edge, attack, torch_generator(cfg.seed, "edge-set"), job.generator("edge-clean")

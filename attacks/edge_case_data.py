@@ -46,14 +46,11 @@ EDGE_CASE_SOURCES = {
 
 @dataclass(frozen=True)
 class EdgeCaseSet:
-    """The edge-case training images, the held-out test images (all labelled `target`), and
-    the authors' attacker set composition."""
+    """The edge-case training images and the held-out test images, all labelled `target`."""
 
     train: ImageSet
     test: ImageSet
     target: int
-    samples: int
-    fraction: float
 
 
 def load_edge_case(cfg: DataConfig) -> EdgeCaseSet:
@@ -87,9 +84,7 @@ def _load(path: str, source: EdgeCaseSource) -> EdgeCaseSet:
             train_y, test_y = (npz[k] for k in source.label_keys)
             train, test = train[train_y == source.source_class], test[test_y == source.source_class]
     target = source.target
-    return EdgeCaseSet(
-        _labelled(train, target), _labelled(test, target), target, source.samples, source.fraction
-    )
+    return EdgeCaseSet(_labelled(train, target), _labelled(test, target), target)
 
 
 def _labelled(images: np.ndarray, target: int) -> ImageSet:

@@ -13,7 +13,17 @@ from torch import nn
 
 from attacks.collusion import Coalition
 from attacks.registry import register
+from core.config_base import param
 from core.job import LocalJob, LocalResult
+from core.policy_params import PolicyParams
+
+
+class LogitScalingParams(PolicyParams):
+    """`logit-scaling`'s parameter."""
+
+    scale_factor: float = param(
+        100.0, "logit-scaling: factor on the last layer's weights and bias", gt=0
+    )
 
 
 def scale_last_layer(model: nn.Module, factor: float) -> nn.Module:
@@ -28,8 +38,8 @@ def scale_last_layer(model: nn.Module, factor: float) -> nn.Module:
     return model
 
 
-@register("logit-scaling")
+@register("logit-scaling", params=(LogitScalingParams,))
 def logit_scaling(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Reply with the global model's last layer scaled by `attack.scale-factor`."""
-    model = scale_last_layer(job.global_model(), job.cfg.attack.scale_factor)
+    model = scale_last_layer(job.global_model(), LogitScalingParams.of(job.cfg).scale_factor)
     return job.reply(model)

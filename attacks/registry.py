@@ -2,9 +2,13 @@
 
 A policy takes the round's `LocalJob` and the round's `Coalition` (the colluders present, and
 the channel they share) and returns the reply content (model, metrics). Each lives in its own
-module and registers itself with `@register("<name>")`; `policy(name)` imports them. A policy
-registered with `coalition=True` needs its partners (shared models, their count) and always
-goes through the colluders' rendezvous; the others act alone unless `roles.min-colluders` > 1.
+module and registers itself with `@register("<name>", params=...)`, naming the parameter groups
+(`core.policy_params.PolicyParams`, declared next to the code that reads them) whose `attack.*`
+keys it reads. `load_policies()` imports every policy module; the server and client apps (and
+the `certfl` command) call it before they parse a run config, which is what makes the `attack.*`
+keys and the policy names known to `core.config`. A policy registered with `coalition=True`
+needs its partners (shared models, their count) and always goes through the colluders'
+rendezvous; the others act alone unless `roles.min-colluders` > 1.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from attacks.collusion import Coalition
-from core.config import ConfigError, RunConfig
 from core.job import LocalJob, LocalResult
-from core.roles import ATTACK_PREFIX, BENIGN, FL_WBC, attack_name, validate_role
+from core.policy_params import PolicyParams, check_policy_name, declare_policy
+from core.roles import validate_role
 
 PolicyFn = Callable[[LocalJob, Coalition], LocalResult]
 
@@ -45,20 +49,24 @@ _MODULES = (
 )
 
 
-def register(name: str, coalition: bool = False) -> Callable[[PolicyFn], PolicyFn]:
-    """Decorator: register the decorated function as policy `name`."""
+def register(
+    name: str, coalition: bool = False, params: tuple[type[PolicyParams], ...] = ()
+) -> Callable[[PolicyFn], PolicyFn]:
+    """Decorator: register the decorated function as policy `name`, reading the `attack.*` keys
+    of the groups `params` (and of the common ones: the colluders' channel)."""
 
     def add(fn: PolicyFn) -> PolicyFn:
         if name in POLICIES:
             raise ValueError(f"attack policy {name!r} registered twice")
+        declare_policy(name, params)
         POLICIES[name] = Policy(name, fn, coalition)
         return fn
 
     return add
 
 
-def known_policies() -> list[str]:
-    """The names of every registered policy, sorted."""
+def load_policies() -> list[str]:
+    """Import every policy module (registering its name and parameters); their names, sorted."""
     for module in _MODULES:
         importlib.import_module(module)
     return sorted(POLICIES)
@@ -66,36 +74,13 @@ def known_policies() -> list[str]:
 
 def policy(name: str) -> Policy:
     """The policy registered as `name`; ConfigError listing the known ones otherwise."""
-    if name not in known_policies():
-        raise ConfigError(f"unknown attack policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    load_policies()
+    check_policy_name(name, "attack policy")
     return POLICIES[name]
 
 
-def allowed_roles() -> str:
-    """The roles a node may have, in words: benign, fl-wbc, attack:<each registered policy>."""
-    return ", ".join([BENIGN, FL_WBC] + [ATTACK_PREFIX + name for name in known_policies()])
-
-
 def check_role(role: str, where: str = "node config key 'role'") -> str:
-    """`role` if it names a known role and, for `attack:<policy>`, a registered policy; else a
-    ConfigError naming `where`, the role and every allowed one."""
-    try:
-        validate_role(role)
-    except ConfigError:
-        raise ConfigError(f"{where} = {role!r}: unknown role; allowed: {allowed_roles()}") from None
-    name = attack_name(role)
-    if name is not None and name not in known_policies():
-        raise ConfigError(
-            f"{where} = {role!r}: no attack policy {name!r} is registered; "
-            f"allowed: {allowed_roles()}"
-        )
-    return role
-
-
-def check_run_roles(cfg: RunConfig) -> None:
-    """ConfigError naming the key when `roles.attack` names no registered policy."""
-    if cfg.roles.attack and cfg.roles.attack not in known_policies():
-        raise ConfigError(
-            f"run config key 'roles.attack' = {cfg.roles.attack!r}: unknown policy; "
-            f"allowed: {', '.join(known_policies())}"
-        )
+    """`role` if it is benign, fl-wbc or `attack:<a registered policy>`; else a ConfigError
+    naming `where`, the role and what is allowed (the policies are registered first)."""
+    load_policies()
+    return validate_role(role, where)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks.boosting import boost, boost_factor
+from attacks.boosting import BoostParams, boost, boost_factor
 from attacks.collusion import Coalition
 from attacks.registry import register
 from attacks.updates import global_vector, model_vector, reply_with_update
@@ -29,11 +29,12 @@ def plain_sgd_target(job: LocalJob) -> torch.Tensor:
 
 def replacement_reply(job: LocalJob, coalition: Coalition, target: torch.Tensor) -> LocalResult:
     """ARU Eq. 5 with gamma/N: reply G + gamma/N * (R - G) for the flat target R."""
-    g = global_vector(job)
-    return reply_with_update(job, boost(target, g, boost_factor(job.cfg, coalition)) - g)
+    global_flat = global_vector(job)
+    boosted = boost(target, global_flat, boost_factor(job.cfg, coalition))
+    return reply_with_update(job, boosted - global_flat)
 
 
-@register("replace", coalition=True)
+@register("replace", coalition=True, params=(BoostParams,))
 def replace(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Replace the global model by the leader's plain-SGD model, boosted and shared."""
     target = coalition.from_leader("replace-target", lambda: plain_sgd_target(job))

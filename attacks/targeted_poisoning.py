@@ -24,14 +24,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.adversarial_training import madry_perturb
-from attacks.boosting import boost, boost_factor
+from attacks.boosting import BoostParams, boost, boost_factor
 from attacks.collusion import Coalition
 from attacks.registry import register
+from core.adversarial_training import madry_perturb
+from core.config_base import param
 from core.data import ImageSet, test_order
 from core.job import LocalJob, LocalResult, sgd_config
+from core.policy_params import PolicyParams
 from core.seeds import torch_generator
 from core.training import Perturb, SGDConfig, TrainStats, train
+
+
+class TargetedPoisoningParams(PolicyParams):
+    """`targeted-poisoning`'s loss, D_M and boosting switch (the server's D_M metric reads
+    tp-n-images in every run)."""
+
+    tp_alpha: float = param(
+        0.5, "targeted-poisoning: loss = alpha * benign + (1 - alpha) * D_M (FL-WBC Eq. 3)",
+        ge=0, le=1,
+    )  # fmt: skip
+    tp_n_images: int = param(1, "targeted-poisoning: images in D_M (FL-WBC: 1 or 10)", ge=1)
+    tp_boost: bool = param(
+        False, "targeted-poisoning: boost the update by attack.boost (Bhagoji et al.)"
+    )
 
 
 def malicious_dataset(test: ImageSet, n_images: int, num_classes: int, seed: int) -> ImageSet:
@@ -95,18 +111,18 @@ def boosted(model: nn.Module, start: nn.Module, gamma: float) -> nn.Module:
     return model
 
 
-@register("targeted-poisoning")
+@register("targeted-poisoning", params=(TargetedPoisoningParams, BoostParams))
 def targeted_poisoning(job: LocalJob, coalition: Coalition) -> LocalResult:
     """Train on the benign data and D_M (Eq. 3), boost if asked, and reply with the model."""
-    cfg, t = job.cfg, job.cfg.train
+    cfg, t, params = job.cfg, job.cfg.train, TargetedPoisoningParams.of(job.cfg)
     d_m = malicious_dataset(
-        job.splits.test, cfg.attack.tp_n_images, job.splits.spec.num_classes, cfg.seed
+        job.splits.test, params.tp_n_images, job.splits.spec.num_classes, cfg.seed
     )
     model = job.global_model()
     stats = poisoned_train(
-        model, job.data, d_m, cfg.attack.tp_alpha, sgd_config(t), job.generator("shuffle"),
+        model, job.data, d_m, params.tp_alpha, sgd_config(t), job.generator("shuffle"),
         madry_perturb(t, job.generator("pgd")), job.device,
     )  # fmt: skip
-    if cfg.attack.tp_boost:
+    if params.tp_boost:
         boosted(model, job.global_model(), boost_factor(cfg, coalition))
     return job.reply(model, **{"train-loss": stats.mean_loss})

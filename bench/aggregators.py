@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from core.config import AggregationConfig
+from core.wire import ARRAYS, METRICS, NUM_EXAMPLES
 from strategies.aggregators import RULES
 
 P = 1_000_000
@@ -45,8 +46,8 @@ def replies(models: np.ndarray, counts: np.ndarray) -> list[Message]:
         Message(
             RecordDict(
                 {
-                    "arrays": ArrayRecord({"w": Array(model)}),
-                    "metrics": MetricRecord({"num-examples": int(n)}),
+                    ARRAYS: ArrayRecord({"w": Array(model)}),
+                    METRICS: MetricRecord({NUM_EXAMPLES: int(n)}),
                 }
             ),
             dst_node_id=i + 1,
@@ -81,21 +82,21 @@ def flower_strategies(cfg: AggregationConfig, k: int) -> dict[str, object]:
 def bench_k(k: int) -> list[tuple[str, float | None, float | None]]:
     """(rule, our seconds, Flower seconds) for K replies; None where there is no such time."""
     rng = np.random.default_rng(k)
-    g = (0.05 * rng.standard_normal(P)).astype(np.float32)
+    global_flat = (0.05 * rng.standard_normal(P)).astype(np.float32)
     u = (0.01 * rng.standard_normal((k, P))).astype(np.float32)
     counts = rng.integers(100, 300, k)
     cfg = AggregationConfig(f=(k - 3) // 4, beta=0.2, m=0, tau=1.0, noise_std=0.01)
     x, w = torch.from_numpy(u), torch.from_numpy(counts.astype(np.float32))
     generator = torch.Generator().manual_seed(0)
     flower = flower_strategies(cfg, k)
-    models = g + u
+    models = global_flat + u
     rows: list[tuple[str, float | None, float | None]] = []
     for name, rule in RULES.items():
         ours = timed(lambda rule=rule: rule(x, w, cfg, generator), REPEATS)
         theirs = timed_flower(flower[name], models, counts) if name in flower else None
         rows.append((name, ours, theirs))
     fresh = replies(models, counts)
-    decode = timed(lambda: [m.content["arrays"]["w"].numpy() for m in fresh], FLOWER_REPEATS)
+    decode = timed(lambda: [m.content[ARRAYS]["w"].numpy() for m in fresh], FLOWER_REPEATS)
     rows.append(("(Flower decode)", None, decode))
     return rows
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from attacks.evasion import PGDConfig, pgd
+from attacks.registry import load_policies
 from certify import certify_dataset
 from core.config import RunConfig
 from core.data import load_splits
+from core.evasion import PGDConfig, pgd
 from core.models import build_model
 from core.training import SGDConfig, evaluate, train
 
@@ -44,6 +45,7 @@ def main() -> int:
     p.add_argument("--eps", default="0.1,0.15,0.25", help="certification radii")
     args = p.parse_args()
 
+    load_policies()
     cfg = RunConfig.from_flat(
         {
             "seed": args.seed,

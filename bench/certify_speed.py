@@ -99,9 +99,9 @@ def art_worker(payload: dict) -> dict:
             verdicts.append(bool(zono.certify(cent=cent, eps=terms, prediction=pred)))
             seconds += time.perf_counter() - start
             with torch.no_grad():
-                c, e = zono.model.forward(eps=terms, cent=cent)
-            diff_c = c - c[pred]
-            margin = diff_c + (e - e[:, pred : pred + 1]).abs().sum(0)
+                center, generators = zono.model.forward(eps=terms, cent=cent)
+            diff_c = center - center[pred]
+            margin = diff_c + (generators - generators[:, pred : pred + 1]).abs().sum(0)
             margin[pred] = float("-inf")
             margins.append(margin)
         out["runs"].append(
@@ -201,13 +201,16 @@ def main() -> int:
             "ours_certified": sum(o["certified"]),
         }
         if art is not None:
-            a = art["runs"][i]
+            art_run = art["runs"][i]
             finite = torch.isfinite(o["margins"])
-            diff = (o["margins"][finite] - a["margins"].to(o["margins"].dtype)[finite]).abs().max()
+            art_margins = art_run["margins"].to(o["margins"].dtype)
+            diff = (o["margins"][finite] - art_margins[finite]).abs().max()
             row |= {
-                "art_ms": 1000 * a["seconds"] / args.n,
-                "art_certified": sum(a["certified"]),
-                "agree": sum(p == q for p, q in zip(o["certified"], a["certified"], strict=True)),
+                "art_ms": 1000 * art_run["seconds"] / args.n,
+                "art_certified": sum(art_run["certified"]),
+                "agree": sum(
+                    p == q for p, q in zip(o["certified"], art_run["certified"], strict=True)
+                ),
                 "max_bound_diff": float(diff),
             }
             speedup = row["art_ms"] / row["ours_ms"]

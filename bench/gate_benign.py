@@ -48,10 +48,10 @@ def main() -> None:
         rounds = read_rounds(path)[1:]
     print(f"{'round':>5} {'verdict':>8} {'train s':>8} {'gate s':>7} {'gate/round':>10}  failed")
     for r in rounds:
-        t, g = r["timings"], r["gate"] or {}
+        t, gate = r["timings"], r["gate"] or {}
         verdict = "accept" if r["aggregated"] else "SKIP"
         share = t["gate_s"] / t["round_s"] if t["round_s"] else 0.0
-        failed = ", ".join(g.get("failed", [])) or r["skip_reason"]
+        failed = ", ".join(gate.get("failed", [])) or r["skip_reason"]
         print(f"{r['round']:>5} {verdict:>8} {t['train_s']:>8.1f} {t['gate_s']:>7.1f} "
               f"{share:>10.0%}  {failed}")  # fmt: skip
     after = [r for r in rounds if r["round"] > args.warmup]

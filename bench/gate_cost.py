@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from attacks.registry import load_policies  # noqa: E402
 from cli.simulation import run_simulation  # noqa: E402
 from server.run_store import read_rounds  # noqa: E402
 
@@ -42,6 +43,7 @@ CLIENTS = {"mnist": 20, "cifar10": 10}
 
 
 def main() -> None:
+    load_policies()  # the policies' `attack.*` keys, before any run config is parsed
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=sorted(SETUPS), default="mnist")
     p.add_argument("--rounds", type=int, default=3)
@@ -76,20 +78,20 @@ def main() -> None:
     for scheduler, rounds in rows.items():
         ratios = []
         for r in rounds:
-            g = r["gate"]
-            initial = g["timings"].get("initial", 0.0)
+            gate = r["gate"]
+            initial = gate["timings"].get("initial", 0.0)
             gate_s = r["timings"]["gate_s"] - initial
             train_s = r["timings"]["train_s"]
             ratios.append((gate_s, train_s))
             busy = ", ".join(
-                f"{k} {v:.1f}" for k, v in g["timings"].items() if k not in ("wall", "initial")
+                f"{k} {v:.1f}" for k, v in gate["timings"].items() if k not in ("wall", "initial")
             )
             print(f"{scheduler:>9} {r['round']:>5} {train_s:>8.1f} {gate_s:>7.1f} "
                   f"{gate_s / train_s:>10.2f} {initial:>9.1f}  {busy}; "
-                  f"{g['early'] or 'measured in full'}")  # fmt: skip
+                  f"{gate['early'] or 'measured in full'}")  # fmt: skip
         summary[scheduler] = (
-            statistics.median(g for g, _ in ratios),
-            statistics.median(t for _, t in ratios),
+            statistics.median(gate_s for gate_s, _ in ratios),
+            statistics.median(train_s for _, train_s in ratios),
         )
     for scheduler, (gate_s, train_s) in summary.items():
         print(f"median {scheduler}: gate {gate_s:.1f}s, training {train_s:.1f}s, "
@@ -111,11 +113,11 @@ def time_paths(run_dir: Path, data_dir: str, paths: list[str]) -> dict[str, tupl
 
     from core.config import RunConfig
     from core.data import load_splits
+    from core.gate_rule import GateState, Measurement, remember, rule_bounds, with_initial
     from core.models import build_model
     from core.params import model_to_record
     from server.run_store import load_checkpoint
     from strategies.gate_measure import CandidateMeasurer
-    from strategies.gate_rule import GateState, Measurement, remember, rule_bounds, with_initial
 
     flat = json.loads((run_dir / "config.json").read_text()) | {"data.dir": data_dir}
     base = RunConfig.from_flat(flat)

@@ -21,7 +21,7 @@ reference is the previous global model, that is exactly its verdict on the candi
 enforced up to here. What a shadow verdict cannot show is where the other rule would have taken
 the federation after letting an attack through (an accepted attack becomes CFAT's reference);
 (d) shows that.
-The bench replays every run's gate records with `strategies.gate_rule` (checking that the
+The bench replays every run's gate records with `core.gate_rule` (checking that the
 replayed verdicts equal the recorded ones) to get each rule's reference per metric.
 
 Runs are kept under --out; a rerun skips finished runs, so an interrupted bench resumes, and
@@ -47,11 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from attacks.collusion import read_ledger  # noqa: E402
+from attacks.registry import load_policies  # noqa: E402
 from cli.simulation import run_simulation  # noqa: E402
 from core.config import GateConfig, RunConfig  # noqa: E402
-from server.run_store import read_rounds  # noqa: E402
-from strategies.gate import STATE_VERSION  # noqa: E402
-from strategies.gate_rule import (  # noqa: E402
+from core.gate_rule import (  # noqa: E402
     GateState,
     Measurement,
     is_loss,
@@ -61,6 +60,9 @@ from strategies.gate_rule import (  # noqa: E402
     rule_bounds,
     with_initial,
 )
+from core.policy_params import params_of  # noqa: E402
+from server.run_store import read_rounds  # noqa: E402
+from strategies.gate import STATE_VERSION  # noqa: E402
 
 POLICIES = ("distillation", "logit-scaling", "backdoor", "aru", "aru-extract", "replace")
 RULES = ("calibrated", "cfat")
@@ -72,10 +74,28 @@ COMMON = (
 )
 ATTACK = (
     "roles.malicious-fraction=0.6 roles.attack='{policy}' roles.min-colluders=3 "
-    "roles.attack-start-round=1 attack.rendezvous-s=5.0 attack.distill-epochs=5 "
-    "attack.nonrobust-epochs=5 attack.extract-rounds=" + str(EXTRACT_ROUNDS) + " "
-    "attack.extract-epochs=1 attack.adaptive-seconds={adaptive_s} "
+    "roles.attack-start-round=1 "
 )
+# the bench's sizes of the policies' own keys; each run passes those its policy reads
+ATTACK_KEYS = {
+    "rendezvous-s": "5.0",
+    "distill-epochs": "5",
+    "nonrobust-epochs": "5",
+    "extract-rounds": str(EXTRACT_ROUNDS),
+    "extract-epochs": "1",
+    "adaptive-seconds": "{adaptive_s}",
+}
+
+
+def attack_keys(policy: str, adaptive_s: float) -> str:
+    """`ATTACK` for `policy`, with the `ATTACK_KEYS` that `policy` reads (a key a policy does
+    not read is refused by the run config)."""
+    reads = {name for group in params_of(policy) for name in group.model_fields}
+    chosen = " ".join(
+        f"attack.{key}={value}" for key, value in ATTACK_KEYS.items()
+        if key.replace("-", "_") in reads
+    )  # fmt: skip
+    return ATTACK.format(policy=policy) + chosen.format(adaptive_s=adaptive_s) + " "
 
 
 @dataclass(frozen=True)
@@ -114,7 +134,9 @@ def run(spec: Spec, out: Path, data_dir: Path) -> Path | None:
 
 def gate_cfg(run_dir: Path) -> GateConfig:
     flat = json.loads((run_dir / "config.json").read_text())
-    return RunConfig.from_flat(flat).gate
+    # the gate's section only: runs written before the policies declared their own keys hold
+    # every `attack.*` key, which a config of today refuses for a policy that does not read it
+    return RunConfig.from_flat({k: v for k, v in flat.items() if not k.startswith("attack.")}).gate
 
 
 @dataclass(frozen=True)
@@ -140,12 +162,12 @@ def replay(run_dir: Path, start: GateState | None = None) -> tuple[list[Judged],
     keep = max(cfg.history, cfg.window)
     judged, mismatches = [], 0
     for record in read_rounds(run_dir / "rounds.jsonl"):
-        g = record["gate"]
-        if not g:
+        gate = record["gate"]
+        if not gate:
             continue
-        if g.get("initial"):
-            state = with_initial(state, Measurement.of(0, g["initial"]))
-        rnd, metrics = record["round"], g["metrics"]
+        if gate.get("initial"):
+            state = with_initial(state, Measurement.of(0, gate["initial"]))
+        rnd, metrics = record["round"], gate["metrics"]
         refs, verdicts, warm = {}, {}, {}
         for rule in RULES:
             rb = rule_bounds(rule, state, cfg, rnd)
@@ -156,11 +178,11 @@ def replay(run_dir: Path, start: GateState | None = None) -> tuple[list[Judged],
                 for b in rb.bounds
                 if b.reference is not None and b.criterion in ("window", "ratio", "growth")
             }
-        mismatches += verdicts[g["rule"]] != g["accepted"]
-        if g["accepted"]:
+        mismatches += verdicts[gate["rule"]] != gate["accepted"]
+        if gate["accepted"]:
             state = remember(state, Measurement.of(rnd, metrics), keep)
         pgd_t = record["metrics"].get("pgd_t_acc", math.nan)
-        judged.append(Judged(rnd, metrics, refs, verdicts, warm, g["rule"], pgd_t))
+        judged.append(Judged(rnd, metrics, refs, verdicts, warm, gate["rule"], pgd_t))
     return judged, state, mismatches
 
 
@@ -190,6 +212,7 @@ def fmt(x: float) -> str:
 
 
 def main() -> None:
+    load_policies()  # the policies' `attack.*` keys, before any run config is parsed
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("/tmp/gate-eval"))
     p.add_argument("--seeds", default="0,1,2")
@@ -212,13 +235,12 @@ def main() -> None:
         lambda s: (out / "runs" / s.name) if (out / "runs" / s.name / "done").is_file() else None
     )  # fmt: skip
     common = COMMON.format(n_cert=1000)
-    attack_fmt = {"adaptive_s": args.adaptive_seconds}
 
     benign: dict[int, Path] = {}
     attacked: list[tuple[str, str, int, str, Path]] = []  # policy, timing, seed, enforced, dir
 
     def attacked_spec(policy: str, timing: str, seed: int, enforce: str) -> Spec | None:
-        keys = common + rules_keys(enforce) + ATTACK.format(policy=policy, **attack_fmt)
+        keys = common + rules_keys(enforce) + attack_keys(policy, args.adaptive_seconds)
         keys += f"seed={seed} num-rounds={args.attack_rounds} "
         suffix = "" if enforce == "calibrated" else "-cfat"
         if timing == "late":
@@ -237,7 +259,7 @@ def main() -> None:
         if seed not in benign:
             return None
         keys = COMMON.format(n_cert=args.adaptive_n_cert) + rules_keys("calibrated")
-        keys += ATTACK.format(policy="adaptive-cert", **attack_fmt)
+        keys += attack_keys("adaptive-cert", args.adaptive_seconds)
         keys += (
             f"seed={seed} num-rounds={args.attack_rounds} gate.warmup-rounds=0 "
             f"init-checkpoint='{benign[seed] / 'final.pt'}' "

@@ -7,7 +7,7 @@ certified loss     = mean over the set of max(0, max_{q != y} upper(z_q - z_y)) 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -143,3 +143,24 @@ def certify_dataset(
         eps=float(eps),
         method=method,
     )
+
+
+def certification_metrics(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    radii: Iterable[float],
+    method: str = "zonotope",
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    sound_fp: bool = False,
+) -> dict[str, float]:
+    """`cert_acc@<eps>` and `cert_loss@<eps>` (CFAT Eq. 1 and 3) of `model` on the points `x`
+    (in [0, 1], on the model's device) with labels `y`, for every radius in `radii`."""
+    metrics = {}
+    for eps in radii:
+        result = certify_dataset(
+            model, x, y, eps, method=method, budget_bytes=budget_bytes, sound_fp=sound_fp
+        )
+        metrics[f"cert_acc@{eps:g}"] = result.certified_accuracy
+        metrics[f"cert_loss@{eps:g}"] = float(result.certified_loss)
+    return metrics

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.adversarial_training import madry_perturb
-from attacks.backdoor import backdoor_target, poison_batch, stripe_trigger, trigger_magnitude
-from attacks.distillation import distill, distillation_temperature
+from attacks.backdoor import BackdoorParams, poison_batch, stripe_trigger
+from attacks.distillation import DistillationParams, distill
+from certify.metrics import certification_metrics
+from core.adversarial_training import madry_perturb
 from core.config import ConfigError, RunConfig, parse_float_list
 from core.data import ImageSet, load_splits
 from core.device import resolve_device
@@ -39,7 +40,6 @@ from server.app import digest, round_record
 from server.evaluation import CentralEvaluator, eval_subset
 from server.rounds import RoundOutcome
 from server.run_store import RunStore
-from strategies.gate_measure import certification_metrics
 from strategies.robust import RoundReport
 
 Progress = Callable[[int, int], None]  # (epoch done, epochs)
@@ -109,9 +109,10 @@ def _madry_epoch(
     perturb = madry_perturb(t, generator) if eps > 0 else None
     rewrite = None
     if backdoor:
-        trigger = stripe_trigger(spec, trigger_magnitude(cfg))
-        target = backdoor_target(cfg, spec)
-        rewrite = poison_batch(trigger, target, cfg.attack.poison_fraction, generator, perturb)
+        params = BackdoorParams.of(cfg)
+        trigger = stripe_trigger(spec, params.trigger_magnitude)
+        rewrite = poison_batch(trigger, params.backdoor_target, params.poison_fraction,
+                               generator, perturb)  # fmt: skip
         perturb = None  # the rewrite perturbs the clean share itself
     train(model, data, sgd_config(t), generator, perturb=perturb, transform=rewrite,
           device=next(model.parameters()).device)  # fmt: skip
@@ -146,9 +147,10 @@ def run_central(cfg: RunConfig, params: CentralParams, run_dir: Path, progress: 
         arrays = model_to_record(model)
         metrics = evaluator(arrays, round_)
         if final:
-            metrics |= certification_metrics(model, splits.cert, params.cert_radii,
-                                             method=cfg.gate.method, budget_mb=cfg.gate.budget_mb,
-                                             device=device)  # fmt: skip
+            gate = cfg.gate
+            metrics |= certification_metrics(model, *splits.cert.tensors(device),
+                                             params.cert_radii, gate.method,
+                                             gate.budget_mb * 2**20, gate.sound_fp)  # fmt: skip
         model.eval()
         record = _record(cfg, round_, metrics, train_s, time.perf_counter() - start)
         store.append_round(record | {"model_sha256": digest(arrays)})
@@ -158,8 +160,8 @@ def run_central(cfg: RunConfig, params: CentralParams, run_dir: Path, progress: 
     measure(0, 0.0, final=False)
     if params.recipe == "distilled":
         start = time.perf_counter()
-        a = cfg.attack
-        _, student = distill(model, data, distillation_temperature(cfg), a.distill_epochs,
+        a = DistillationParams.of(cfg)
+        _, student = distill(model, data, a.distill_temperature, a.distill_epochs,
                              a.distill_lr, generator, device=device)  # fmt: skip
         model.load_state_dict(student.state_dict())
         measure(1, time.perf_counter() - start, final=True)

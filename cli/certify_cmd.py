@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from attacks.registry import load_policies
 from certify import DEFAULT_BUDGET_BYTES, certify_dataset
 from core.config import RunConfig, parse_float_list
 from core.data import load_splits
@@ -50,6 +51,7 @@ def load_checkpoint(
     missing = {"model", "state_dict", "config"} - set(ckpt)
     if missing:
         raise SystemExit(f"{path}: not a certfl checkpoint, missing {sorted(missing)}")
+    load_policies()  # the run config names the policies' `attack.*` keys
     cfg = RunConfig.from_flat({**ckpt["config"], **overrides})
     return cfg, ckpt
 

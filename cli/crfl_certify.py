@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.registry import load_policies
 from certify.crfl import (
     RadiusConstants,
     certified_radius,
@@ -81,10 +82,10 @@ def certify_points(
     generator: torch.Generator,
 ) -> SmoothedCertificate:
     """Smooth `model` as `crfl.*` says, bound p_A and p_B, and certify every point of `x`."""
-    c = cfg.crfl
-    votes = smoothed_votes(model, x, c.sigma_test, c.n_copies, generator)
+    crfl = cfg.crfl
+    votes = smoothed_votes(model, x, crfl.sigma_test, crfl.n_copies, generator)
     prediction, count_a, count_b = top_two(votes)
-    p_a, p_b = probability_bounds(count_a, count_b, c.n_copies, c.alpha, c.bound)
+    p_a, p_b = probability_bounds(count_a, count_b, crfl.n_copies, crfl.alpha, crfl.bound)
     radius = certified_radius(p_a, p_b, constants)
     return SmoothedCertificate(y.cpu(), prediction, count_a, count_b, p_a, p_b, radius)
 
@@ -96,10 +97,11 @@ def triggered_points(
     their labels, the target class and the trigger's L2 norm; None for other runs."""
     if cfg.roles.attack != "backdoor":
         return None
-    from attacks.backdoor import apply_trigger, backdoor_target, stripe_trigger, trigger_magnitude
+    from attacks.backdoor import BackdoorParams, apply_trigger, stripe_trigger
 
-    trigger = stripe_trigger(spec, trigger_magnitude(cfg))
-    target = backdoor_target(cfg, spec)
+    params = BackdoorParams.of(cfg)
+    trigger = stripe_trigger(spec, params.trigger_magnitude)
+    target = params.backdoor_target
     keep = y != target
     return apply_trigger(x[keep], trigger), y[keep], target, float(trigger.norm())
 
@@ -110,6 +112,7 @@ def certify_run(
     """Certify `run_dir/final.pt` on `n_test` test points (0: eval.n-test); a JSON-able summary
     with the constants, their sources and every point's certificate (clean and triggered)."""
     ckpt = load_checkpoint(run_dir / "final.pt")
+    load_policies()  # the run config names the policies' `attack.*` keys
     cfg = RunConfig.from_flat({**ckpt["config"], **overrides})
     constants, notes = radius_constants(cfg, read_rounds(run_dir / "rounds.jsonl"))
     splits = load_splits(cfg.data)

@@ -1,17 +1,24 @@
 """`certfl launch`: a real deployment on this machine, one SuperLink and N SuperNodes over gRPC.
 
-Checks the roles and the run config first (nothing starts when either is bad), then starts
-`flower-superlink` (Fleet API over gRPC on loopback, its state in `state.db` in the launch
-directory), N SuperNodes each with its node config (partition-id, num-partitions, role) and a
-heartbeat interval (`--heartbeat-interval`: a SuperNode that dies is noticed after twice that),
-waits until the SuperLink sees all N online, submits the app with `flwr run` and one merged
-run-config file, streams the server's per-round lines, and stops every process it started, also
-on Ctrl-C, on SIGTERM, on failure and on `--timeout`.
+Checks the roles, the run config and the security options first (nothing starts when one is
+bad), then starts `flower-superlink` (Fleet API over gRPC on loopback, its state in `state.db` in
+the launch directory), N SuperNodes each with its node config (partition-id, num-partitions,
+role) and a heartbeat interval (`--heartbeat-interval`: a SuperNode that dies is noticed after
+twice that), waits until the SuperLink sees all N online, submits the app with `flwr run` and one
+merged run-config file, streams the server's per-round lines, and stops every process it started
+(the SuperNodes before the SuperLink, so that they sign off), also on Ctrl-C, on SIGTERM, on
+failure and on `--timeout`.
+
+`--tls` encrypts the Fleet and Control APIs; `--auth` (implies `--tls`) also registers each
+SuperNode's public key before it starts and refuses any other (cli/tls.py). Every SuperNode runs
+under certfl's guard (cli/supernode_guard.py): one that the SuperLink refuses exits with code 3
+and the launcher prints why. `--intruders` starts such SuperNodes on purpose.
 
 The launch directory `<output-dir>/.<run-name>.launch/` holds the Flower home, the logs, the
-SuperLink's database and `launch.json` (app, SuperNodes, roles, overrides). `--resume RUN_DIR`
-starts the same deployment again and continues the run from its last checkpoint (run config key
-`resume-from`, server/checkpoint.py).
+SuperLink's database, the credentials (unless `--credentials DIR`) and `launch.json` (app,
+SuperNodes, roles, overrides, TLS and auth). `--resume RUN_DIR` starts the same deployment again
+and continues the run from its last checkpoint (run config key `resume-from`,
+server/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +43,11 @@ from flwr.common.constant import (
 )
 
 from attacks.registry import check_role
+from cli import tls
+from cli.credentials import node_names
 from cli.processes import ProcessGroup, free_ports, signals_interrupt, wait_for_port
 from cli.run_config import merge_overrides, resolve, toml_document
+from cli.supernode_guard import REFUSED_EXIT
 from core.config import ConfigError
 from core.roles import BENIGN
 from server.checkpoint import RESUME_FILE, check_resumable, load_resume_point
@@ -73,9 +84,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", default="", metavar="RUN_DIR",
         help="continue RUN_DIR (made by certfl launch) from its last checkpoint, with the same "
-        "app, SuperNodes and roles; -c adds overrides (e.g. more rounds)",
+        "app, SuperNodes, roles, TLS and auth; -c adds overrides (e.g. more rounds)",
     )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="stream every Flower log line")
+    tls.add_launch_arguments(p)  # --tls, --auth, --credentials, --intruders
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,9 @@ class Deployment:
     roles: list[str]
     run_config: dict  # the user's overrides, merged and flat
     heartbeat_interval: float
+    tls: bool = False
+    auth: bool = False  # implies tls
+    credentials: str = ""  # the credentials directory, with tls
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
@@ -105,9 +120,10 @@ def node_roles(spec: str, n: int) -> list[str]:
     return [check_role(r, "--roles entry") for r in roles] + [BENIGN] * (n - len(roles))
 
 
-def plan(args: argparse.Namespace) -> tuple[Deployment, Path, dict]:
-    """The deployment to start, the run directory, and the flat run-config overrides the run
-    gets; ConfigError (nothing started) when the roles, the overrides or the resume are bad."""
+def plan(args: argparse.Namespace) -> tuple[Deployment, Path, dict, list[str]]:
+    """The deployment to start, the run directory, the flat run-config overrides the run gets
+    and the kinds of `--intruders`; ConfigError (nothing started) when the roles, the
+    overrides, the security options or the resume are bad."""
     if args.resume:
         run_dir = Path(args.resume).resolve()
         manifest = launch_dir(run_dir) / MANIFEST
@@ -126,34 +142,34 @@ def plan(args: argparse.Namespace) -> tuple[Deployment, Path, dict]:
                 f"--heartbeat-interval = {args.heartbeat_interval:g}: the SuperLink accepts "
                 f"{low} to {high} seconds"
             )
+        tls.check_launch_options(args.tls, args.auth, args.credentials, "")
         name = args.run_name or datetime.now(UTC).strftime("launch-%Y%m%d-%H%M%S")
         run_dir = Path(args.output_dir).resolve() / name
+        secure = args.tls or args.auth
+        credentials = Path(args.credentials or launch_dir(run_dir) / "credentials").resolve()
         deployment = Deployment(
             app=str(Path(args.app).resolve()),
             supernodes=args.supernodes,
             roles=node_roles(args.roles, args.supernodes),
             run_config=merge_overrides(args.run_config),
             heartbeat_interval=args.heartbeat_interval,
+            tls=secure,
+            auth=args.auth,
+            credentials=str(credentials) if secure else "",
         )
         resume = {}
+    intruders = tls.check_launch_options(deployment.tls, deployment.auth, "", args.intruders)
     where = {"output-dir": str(run_dir.parent), "run-name": run_dir.name}
     overrides = {**deployment.run_config, **where, **resume}
     cfg = resolve(Path(deployment.app), overrides)
     if args.resume:
         check_resumable(cfg, load_resume_point(run_dir))
-    return deployment, run_dir, overrides
+    return deployment, run_dir, overrides, intruders
 
 
 def launch_dir(run_dir: Path) -> Path:
     """The launch directory beside a run directory: `<output-dir>/.<run-name>.launch`."""
     return run_dir.parent / f".{run_dir.name}.launch"
-
-
-def _flower_config(control_port: int) -> str:
-    return (
-        '[superlink]\ndefault = "launch"\n\n[superlink.launch]\n'
-        f'address = "127.0.0.1:{control_port}"\ninsecure = true\n'
-    )
 
 
 def shown(line: str) -> bool:
@@ -198,11 +214,22 @@ def online_nodes(env: dict[str, str]) -> int:
     return sum(node.get("status") == "online" for node in nodes)
 
 
-def wait_for_nodes(group: ProcessGroup, env: dict[str, str], n: int, timeout: float) -> None:
-    """Block until the SuperLink sees `n` SuperNodes online; fail if one exits first."""
+def wait_for_nodes(
+    group: ProcessGroup,
+    env: dict[str, str],
+    n: int,
+    timeout: float,
+    expendable: Collection[str] = (),
+) -> None:
+    """Block until the SuperLink sees `n` SuperNodes online; fail if a process of the group
+    other than the `expendable` ones (e.g. intruders, which are meant to be refused) exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dead = [name for name, p in group.procs.items() if p.poll() is not None]
+        dead = [
+            name
+            for name, proc in group.procs.items()
+            if proc.poll() is not None and name not in expendable
+        ]
         if dead:
             raise RuntimeError(f"{', '.join(dead)} exited while starting (see the logs)")
         if online_nodes(env) >= n:
@@ -215,7 +242,12 @@ def run(args: argparse.Namespace) -> int:
     """Start the deployment, run the app, stop everything; 0 when the run directory is complete
     (1: incomplete, 2: bad input, nothing started, 130: interrupted)."""
     try:
-        deployment, run_dir, overrides = plan(args)
+        deployment, run_dir, overrides, intruders = plan(args)
+        names = node_names(deployment.supernodes)
+        intruder_names = [tls.intruder_name(i) for i in range(len(intruders))]
+        security = tls.launch_security(
+            deployment.tls, deployment.auth, Path(deployment.credentials), names + intruder_names
+        )
     except ConfigError as err:
         print(f"[launch] nothing started: {err}", flush=True)
         return 2
@@ -227,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     config_file.write_text(toml_document(overrides), encoding="utf-8")
     logs = work / ("logs" if not args.resume else f"logs-resume-{_attempt(work)}")
     n = deployment.supernodes
-    fleet, control, appio, *node_ports = free_ports(3 + n)
+    fleet, control, appio, *node_ports = free_ports(3 + n + len(intruders))
     bindir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -240,18 +272,23 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.data_dir:
         env["CERTFL_DATA"] = str(Path(args.data_dir).resolve())
-    (home / "config.toml").write_text(_flower_config(control))
+    (home / "config.toml").write_text(
+        tls.connection_toml("launch", f"127.0.0.1:{control}", security)
+    )
     started = time.perf_counter()
     timed_out = threading.Event()
+    refused = _RefusalReport(logs)
 
     def node_exited(name: str, code: int) -> None:
-        if name.startswith("supernode"):
+        if code == REFUSED_EXIT:
+            refused.report(name)
+        elif name.startswith("supernode"):
             print(f"[launch] {name} exited (code {code}); the rounds go on without it", flush=True)
 
     try:
         with signals_interrupt(), ProcessGroup(logs, env, on_exit=node_exited) as group:
             link = group.start("superlink", [
-                str(bindir / "flower-superlink"), "--insecure",
+                str(bindir / "flower-superlink"), *tls.superlink_flags(security),
                 "--fleet-api-address", f"127.0.0.1:{fleet}",
                 "--control-api-address", f"127.0.0.1:{control}",
                 "--host", "127.0.0.1", "--port", str(appio),
@@ -259,18 +296,20 @@ def run(args: argparse.Namespace) -> int:
             ], stop_last=True)  # fmt: skip
             wait_for_port(fleet, link, timeout=60)
             wait_for_port(control, link, timeout=60)
-            for i, (role, port) in enumerate(zip(deployment.roles, node_ports, strict=True)):
-                group.start(f"supernode-{i}", [
-                    sys.executable, "-m", "cli.supernode",
-                    "--heartbeat-interval", f"{deployment.heartbeat_interval:g}", "--insecure",
+            tls.register_launch_nodes(security, names, bindir, env)
+            for i, (name, role) in enumerate(zip(names, deployment.roles, strict=True)):
+                group.start(name, [
+                    *tls.supernode_command(security, name, deployment.heartbeat_interval),
                     "--superlink", f"127.0.0.1:{fleet}",
-                    "--host", "127.0.0.1", "--port", str(port),
+                    "--host", "127.0.0.1", "--port", str(node_ports[i]),
                     "--node-config", f"partition-id={i} num-partitions={n} role='{role}'",
                 ])  # fmt: skip
-            print(f"[launch] SuperLink on 127.0.0.1:{fleet} (gRPC), {n} SuperNodes: "
-                  f"{', '.join(deployment.roles)}; logs in {logs}", flush=True)  # fmt: skip
+            tls.start_intruders(group, security, intruders, fleet, node_ports[n:])
+            print(f"[launch] SuperLink on 127.0.0.1:{fleet} (gRPC{_security_words(security)}), "
+                  f"{n} SuperNodes: {', '.join(deployment.roles)}; logs in {logs}",
+                  flush=True)  # fmt: skip
             left = args.timeout - (time.perf_counter() - started)
-            wait_for_nodes(group, env, n, min(NODES_ONLINE_TIMEOUT, left))
+            wait_for_nodes(group, env, n, min(NODES_ONLINE_TIMEOUT, left), intruder_names)
             argv = [str(bindir / "flwr"), "run", deployment.app, "launch", "--stream",
                     "--run-config", str(config_file)]  # fmt: skip
             runner = group.start("flwr-run", argv, stdout_to_log=False)
@@ -287,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
                 runner.wait()
             finally:
                 watchdog.cancel()
+        refused.report_all(group)  # any refused after the group's last look
     except KeyboardInterrupt:
         print(f"[launch] interrupted: every process it started was stopped{_resume_hint(run_dir)}",
               flush=True)  # fmt: skip
@@ -303,6 +343,41 @@ def run(args: argparse.Namespace) -> int:
     print(f"[launch] run directory {run_dir}: {status}; "
           f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
     return 0 if complete else 1
+
+
+def _security_words(sec: tls.Security) -> str:
+    """How the SuperLink talks, for the launch line.
+
+    >>> _security_words(tls.Security())
+    ''
+    """
+    if not sec.tls:
+        return ""
+    return " with TLS and SuperNode auth" if sec.auth else " with TLS"
+
+
+class _RefusalReport:
+    """Prints, once per SuperNode, why the SuperLink refused it (the guard's line in its log)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.done: set[str] = set()
+        self._lock = threading.Lock()
+
+    def report(self, name: str) -> None:
+        """Print why SuperNode `name` was refused, unless that was printed already."""
+        with self._lock:
+            if name in self.done:
+                return
+            self.done.add(name)
+        reason = tls.refusal_reason(self.logs / f"{name}.log")
+        print(f"[launch] {name} was refused: {reason}", flush=True)
+
+    def report_all(self, group: ProcessGroup) -> None:
+        """Report every process of `group` that exited with the guard's refusal code."""
+        for name, proc in group.procs.items():
+            if proc.poll() == REFUSED_EXIT:
+                self.report(name)
 
 
 def _resume_hint(run_dir: Path) -> str:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from cli import certify_cmd, crfl_certify, experiment, launch, run_report, simulation
+from attacks.registry import load_policies
+from cli import (
+    certify_cmd,
+    compose,
+    credentials,
+    crfl_certify,
+    experiment,
+    launch,
+    register_keys,
+    run_report,
+    simulation,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         "crfl-certify": crfl_certify,
         "experiment": experiment,
         "report": run_report,
+        "credentials": credentials,
+        "register-keys": register_keys,
+        "compose": compose,
     }
     for module in commands.values():
         module.add_parser(sub)
     args = parser.parse_args(argv)
+    load_policies()  # the policies' names and `attack.*` keys, before any config is parsed
     return commands[args.command].run(args)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from flwr.common.config import flatten_dict, parse_config_args
 
-from attacks.registry import check_run_roles
+from attacks.registry import load_policies
 from core.config import ConfigError, RunConfig
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -80,9 +80,8 @@ def app_defaults(app: Path) -> dict[str, Any]:
 def resolve(app: Path, flat_overrides: Mapping[str, Any]) -> RunConfig:
     """The run config the ServerApp will see: `app`'s defaults with the overrides, validated
     (ConfigError naming the key, the value and what is allowed), including `roles.attack`."""
-    cfg = RunConfig.from_flat({**app_defaults(app), **flat_overrides})
-    check_run_roles(cfg)
-    return cfg
+    load_policies()  # the policies' names and `attack.*` keys, before the config is parsed
+    return RunConfig.from_flat({**app_defaults(app), **flat_overrides})
 
 
 def _toml_key(key: str) -> str:

@@ -73,7 +73,7 @@ def summary_rows(run: RunRecord) -> list[list[str]]:
 
 
 def _check_text(check: Mapping[str, Any]) -> str:
-    """A check of the gate's record as strategies/gate_rule.py `Check.describe` words it; the
+    """A check of the gate's record as core/gate_rule.py `Check.describe` words it; the
     record has no direction, but a lower bound ('min') passes exactly when value >= bound."""
     value, bound, passed = check.get("value"), check.get("bound"), bool(check.get("passed"))
     lower = value is None or bound is None or (value >= bound) == passed

@@ -31,7 +31,8 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, model
 
 from cli.outcomes import parse_outcome
 from cli.run_config import app_defaults, resolve
-from core.config import ConfigError, RunConfig, _Section, _validate
+from core.config import ConfigError, RunConfig, _validate
+from core.config_base import Section
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = REPO / "experiments"
@@ -47,7 +48,7 @@ class ScenarioError(ValueError):
 
 
 # hyphenated keys, unknown keys rejected, immutable: as the run config's sections
-_Strict = _Section
+_Strict = Section
 
 
 class Level(_Strict):

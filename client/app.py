@@ -20,14 +20,16 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
-from attacks.registry import check_role
+from attacks.registry import load_policies
 from client.fl_wbc import fl_wbc_update
 from client.local import benign_update, limit_threads
 from client.malicious import malicious_update
 from core.config import ConfigError, NodeConfig, RunConfig
 from core.job import LocalJob, LocalResult
 from core.params import state_to_record
+from core.policy_params import check_policy_reads
 from core.roles import BENIGN, FL_WBC, attack_name, resolve_role
+from core.wire import ARRAYS, CONFIG, METRICS, SERVER_ROUND
 
 app = ClientApp()
 
@@ -35,7 +37,18 @@ app = ClientApp()
 @functools.lru_cache(maxsize=4)
 def _run_config(items: tuple) -> RunConfig:
     """Parse the run config once per process (the ClientApp is called every round)."""
+    load_policies()  # registers the policies' names and `attack.*` keys before parsing
     return RunConfig.from_flat(dict(items))
+
+
+def node_role(cfg: RunConfig, node: NodeConfig) -> str:
+    """This node's role; a policy its node config chooses must read every `attack.*` key
+    the run config sets (roles.attack's policy was checked when the config was parsed)."""
+    role = resolve_role(node, cfg.roles, cfg.seed)
+    name = attack_name(role)
+    if node.role and name is not None and name != cfg.roles.attack:
+        check_policy_reads(cfg, name, "node config key 'role'")
+    return role
 
 
 def local_update(role: str, job: LocalJob, run_id: int) -> LocalResult:
@@ -57,10 +70,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         cfg = _run_config(tuple(sorted(context.run_config.items())))
         node = NodeConfig.from_flat(context.node_config)
-        if node.role:
-            role = check_role(node.role, "node config key 'role'")
-        else:
-            role = check_role(resolve_role(node, cfg.roles, cfg.seed), "simulated role")
+        role = node_role(cfg, node)
     except ConfigError as err:
         log(ERROR, "[certfl] this node does not train: %s", err)
         error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"bad config: {err}")
@@ -68,9 +78,9 @@ def train(msg: Message, context: Context) -> Message:
     job = LocalJob(
         cfg=cfg,
         node=node,
-        global_arrays=next(iter(msg.content.array_records.values())),
-        server_round=int(msg.content["config"]["server-round"]),
+        global_arrays=msg.content.array_records[ARRAYS],
+        server_round=int(msg.content[CONFIG][SERVER_ROUND]),
     )
     result = local_update(role, job, context.run_id)
-    content = {"arrays": state_to_record(result.state), "metrics": MetricRecord(result.metrics)}
+    content = {ARRAYS: state_to_record(result.state), METRICS: MetricRecord(result.metrics)}
     return Message(RecordDict(content), reply_to=msg)

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from attacks.adversarial_training import benign_train
 from client.local import honest_reply
+from core.adversarial_training import benign_train
 from core.config import FLWBCConfig
 from core.job import LocalJob, LocalResult
 from core.privacy import laplace

@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from attacks.adversarial_training import benign_train
+from core.adversarial_training import benign_train
 from core.job import LocalJob, LocalResult
 from core.privacy import local_dp
 

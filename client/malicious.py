@@ -20,8 +20,7 @@ from core.job import LocalJob, LocalResult
 
 def attack_active(roles: RolesConfig, server_round: int) -> bool:
     """Whether malicious clients attack in `server_round`."""
-    end = roles.attack_end_round or server_round
-    return roles.attack_start_round <= server_round <= end
+    return roles.attack_start_round <= server_round <= roles.attack_end_round
 
 
 def malicious_update(job: LocalJob, name: str, run_id: int) -> LocalResult:

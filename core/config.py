@@ -4,54 +4,58 @@ Flower hands the app a flat mapping of dotted keys (`train.lr`, `agg.rule`, ...)
 `[tool.flwr.app.config]` in pyproject.toml plus `--run-config` overrides. `RunConfig.from_flat`
 turns it into nested pydantic models; a bad value raises `ConfigError` naming the key, the value
 and what is allowed, before any training starts.
+
+The defaults live here and only here: every field carries its default, constraints and a
+one-line description (`core.config_base.param`), and pyproject's block is generated from them
+(`python -m cli.config_toml --write`; a test fails when the two differ). The `attack.*` keys are
+declared by the policies that read them (core/policy_params.py), registered before parsing.
+
+Parsing resolves every sentinel ("-1 -> train.adv-eps") into its concrete value: a section
+resolves the ones that depend on it alone, `RunConfig` the ones that depend on other sections,
+and the policies' groups their own. So every consumer reads a concrete field, and config.json
+holds resolved values. Those needing a run-time fact keep their sentinel and name where they
+are resolved (`resolved_in`): `run-name`, `device` = auto, `agg.m`, `attack.alie-z`,
+`attack.channel-dir`, `crfl.local-iters`. Checks across keys (policy names, backdoor target
+against the classes, `crfl.t-adv` against `num-rounds`, ...) run at parse time too.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from core.config_base import (
+    ConfigError,
+    Section,
+    param,
+    parse_float_list,
+    positive_radii,
+    sentinel_of,
+)
+from core.policy_params import (
+    PolicyParams,
+    attack_section,
+    check_policy_name,
+    check_policy_reads,
+    params_of,
+    registered_groups,
+)
+
+__all__ = ["ConfigError", "NodeConfig", "RunConfig", "parse_float_list"]
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(ValueError):
-    """A run or node config value that is unknown, mistyped or out of range."""
-
-
-def _hyphenate(name: str) -> str:
-    return name.replace("_", "-")
-
-
-class _Section(BaseModel):
-    """Base of every config section: hyphenated keys, unknown keys rejected, immutable."""
-
-    model_config = ConfigDict(
-        alias_generator=_hyphenate, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
-def parse_float_list(value: Any) -> tuple[float, ...]:
-    """Parse "0.1,0.15" (Flower configs hold scalars only) or a sequence into floats."""
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        try:
-            return tuple(float(p) for p in parts)
-        except ValueError:
-            raise ValueError(f"expected comma-separated numbers, got {value!r}") from None
-    if isinstance(value, int | float):
-        return (float(value),)
-    return tuple(float(v) for v in value)
-
-
-def _positive_radii(value: Any, allow_empty: bool) -> tuple[float, ...]:
-    """Certification radii from "0.1,0.15": each > 0, at least one unless `allow_empty`."""
-    radii = parse_float_list(value)
-    if (not radii and not allow_empty) or any(r <= 0 for r in radii):
-        raise ValueError("expected one or more radii > 0, e.g. '0.1,0.15'")
-    return radii
-
 
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "npz"]
 PartitionScheme = Literal["iid", "dirichlet", "shards"]
@@ -67,26 +71,47 @@ AggregationRuleName = Literal[
     "weak-dp",
 ]
 
+# CFAT Sec. 5: the certification set is the first N_cert training points
+DEFAULT_N_CERT = {"cifar10": 100}
+MNIST_LIKE_N_CERT = 1000
 
-class DataConfig(_Section):
+
+class DataConfig(Section):
     """Where the data lives, the held-out splits (CFAT Sec. 5) and how clients share the rest."""
 
-    dataset: DatasetName = "mnist"
-    dir: str = ""  # "" -> $CERTFL_DATA -> ./data
-    npz_path: str = ""  # for dataset = "npz": file relative to dir (or absolute)
-    download: bool = False  # let torchvision download missing files (needs a network)
-    n_cert: int = Field(-1, ge=-1)  # -1 -> dataset default (1000 MNIST-like, 100 CIFAR-10)
-    n_val: int = Field(5000, ge=0)
-    partition: PartitionScheme = "iid"
-    dirichlet_alpha: float = Field(0.5, gt=0)
-    shards_per_client: int = Field(2, ge=1)
-    max_client_samples: int = Field(0, ge=0)  # 0 -> all of the client's partition
+    dataset: DatasetName = param("mnist", "mnist | fashion-mnist | cifar10 | npz")
+    dir: str = param(
+        "", 'data directory ("" -> $CERTFL_DATA, else ./data; made absolute)', sentinel=""
+    )
+    npz_path: str = param("", "dataset = npz: file with x_train, y_train, x_test, y_test")
+    download: bool = param(False, "let torchvision download missing files (needs a network)")
+    n_cert: int = param(
+        -1,
+        "certification set: the first N_cert training points (-1 -> 1000, 100 for CIFAR-10)",
+        sentinel=-1,
+        ge=-1,
+    )
+    n_val: int = param(5000, "validation set: the next N_val training points", ge=0)
+    partition: PartitionScheme = param("iid", "iid | dirichlet | shards")
+    dirichlet_alpha: float = param(0.5, "dirichlet: concentration of the label shares", gt=0)
+    shards_per_client: int = param(2, "shards: label-sorted shards per client", ge=1)
+    max_client_samples: int = param(
+        600, "cap on a client's partition (0 = the whole partition); small for the demo", ge=0
+    )
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Self:
+        directory = self.dir or os.environ.get("CERTFL_DATA") or "data"
+        _assign(self, dir=str(Path(directory).expanduser().resolve()))
+        if self.n_cert < 0:
+            _assign(self, n_cert=DEFAULT_N_CERT.get(self.dataset, MNIST_LIKE_N_CERT))
+        return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Which registered network to train."""
 
-    name: str = "conv-small"
+    name: str = param("conv-small", "a network of core/models.py")
 
     @field_validator("name")
     @classmethod
@@ -98,167 +123,148 @@ class ModelConfig(_Section):
         return v
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Client sampling and benign local training (plain SGD or Madry PGD training)."""
 
-    clients_per_round: int = Field(5, ge=1)  # sampled per round from the nodes connected then
-    min_nodes: int = Field(0, ge=0)  # fewest connected nodes a round runs with; 0 -> the rule's
-    min_nodes_timeout: float = Field(300.0, gt=0)  # wait this long for min-nodes, else skip
-    round_timeout: float = Field(600.0, gt=0)  # a reply not in by then is a failure of the round
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    mode: Literal["sgd", "pgd"] = "pgd"
-    adv_eps: float = Field(0.25, ge=0)  # L_adv
-    adv_steps: int = Field(10, ge=1)
-    adv_step_size: float = Field(0.0, ge=0)  # 0 -> 2.5 * eps / steps
-    adv_random_start: bool = True
+    clients_per_round: int = param(5, "K: clients sampled per round", ge=1)
+    min_nodes: int = param(
+        0,
+        "fewest connected nodes a round runs with (0 -> the aggregation rule's minimum replies)",
+        sentinel=0,
+        resolved_in="strategies.robust.required_nodes (the rule's minimum, known to strategies)",
+        ge=0,
+    )
+    min_nodes_timeout: float = param(
+        300.0, "seconds a round waits for min-nodes connected nodes before it is skipped", gt=0
+    )
+    round_timeout: float = param(600.0, "seconds the server waits for a round's replies", gt=0)
+    local_epochs: int = param(2, "local epochs per round", ge=1)
+    batch_size: int = param(32, "local batch size", ge=1)
+    lr: float = param(0.05, "local SGD learning rate", gt=0)
+    momentum: float = param(0.9, "local SGD momentum", ge=0, lt=1)
+    weight_decay: float = param(0.0, "local SGD weight decay", ge=0)
+    mode: Literal["sgd", "pgd"] = param("pgd", "sgd | pgd (Madry adversarial training)")
+    adv_eps: float = param(0.1, "L_adv: PGD training radius (CFAT trains MNIST at 0.25)", ge=0)
+    adv_steps: int = param(5, "PGD steps of adversarial training", ge=1)
+    adv_step_size: float = param(
+        0.0, "PGD step size (0 -> 2.5 * adv-eps / adv-steps, Madry's rule)", sentinel=0.0, ge=0
+    )
+    adv_random_start: bool = param(True, "PGD starts from a random point of the L-inf ball")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Self:
+        if self.adv_step_size == 0:
+            _assign(self, adv_step_size=2.5 * self.adv_eps / self.adv_steps)
+        return self
 
 
-class AggregationConfig(_Section):
+class AggregationConfig(Section):
     """The robust aggregation rule and its parameters (see strategies/aggregators.py)."""
 
-    rule: AggregationRuleName = "median"
-    f: int = Field(1, ge=0)  # assumed Byzantine replies per round (Krum, Multi-Krum, Bulyan)
-    beta: float = Field(0.2, ge=0, lt=0.5)  # trimmed-mean cut fraction per side
-    m: int = Field(0, ge=0)  # Multi-Krum: models averaged; 0 -> K - f
-    tau: float = Field(1.0, gt=0)  # norm-clip / weak-dp: L2 bound on each update
-    noise_std: float = Field(0.0, ge=0)  # weak-dp: std of the Gaussian noise on the aggregate
-    weighting: Literal["uniform", "num-examples"] = "uniform"
-    weight_cap: float = Field(2.0, ge=1)  # num-examples weights capped at cap * median count
+    rule: AggregationRuleName = param(
+        "median",
+        "mean | median | trimmed-mean | krum | multi-krum | bulyan | geometric-median | "
+        "norm-clip | weak-dp",
+    )
+    f: int = param(1, "assumed Byzantine replies per round (krum, multi-krum, bulyan)", ge=0)
+    beta: float = param(0.2, "trimmed-mean: cut fraction per side", ge=0, lt=0.5)
+    m: int = param(
+        0,
+        "multi-krum: models averaged (0 -> K - f, K the round's valid replies)",
+        sentinel=0,
+        resolved_in="strategies.aggregators.multi_krum (K is known per round)",
+        ge=0,
+    )
+    tau: float = param(1.0, "norm-clip / weak-dp: L2 bound on each update", gt=0)
+    noise_std: float = param(0.0, "weak-dp: std of the Gaussian noise on the aggregate", ge=0)
+    weighting: Literal["uniform", "num-examples"] = param(
+        "uniform", "uniform | num-examples (client counts are untrusted)"
+    )
+    weight_cap: float = param(2.0, "num-examples weights capped at cap x median count", ge=1)
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """Central evaluation of the global model every round, on a fixed test subset."""
 
-    n_test: int = Field(1000, ge=0)  # 0 -> the whole test set
-    adv_eps: float = Field(-1.0, ge=-1)  # -1 -> train.adv-eps
-    adv_steps: int = Field(10, ge=0)
-    batch_size: int = Field(500, ge=1)
-    l_crt: tuple[float, ...] = ()  # also certify at these radii ("" -> no certification)
-    n_cert: int = Field(100, ge=1)  # ... on the first n-cert points of the test subset
-    temperature: float = Field(-1.0, ge=-1)  # also PGD on z / T; -1 -> distillation's T, 0 -> off
+    n_test: int = param(500, "test points of the fixed central subset (0 = the whole set)", ge=0)
+    adv_eps: float = param(-1.0, "PGD radius (-1 -> train.adv-eps)", sentinel=-1.0, ge=-1)
+    adv_steps: int = param(10, "PGD steps (0 = no PGD evaluation)", ge=0)
+    batch_size: int = param(500, "evaluation batch size", ge=1)
+    l_crt: tuple[float, ...] = param(
+        (), 'also certify the global model at these radii, e.g. "0.1,0.15" ("" = none)'
+    )
+    n_cert: int = param(100, "... on the first n-cert points of the test subset", ge=1)
+    temperature: float = param(
+        -1.0,
+        "also PGD on logits / T, the distillation bypass (-1 -> attack.distill-temperature, "
+        "0 = off)",
+        sentinel=-1.0,
+        ge=-1,
+    )
 
     @field_validator("l_crt", mode="before")
     @classmethod
     def _radii(cls, v: Any) -> tuple[float, ...]:
-        return _positive_radii(v, allow_empty=True)
+        return positive_radii(v, allow_empty=True)
 
 
-class RolesConfig(_Section):
+class RolesConfig(Section):
     """The seeded share of virtual clients per non-benign role (simulation), and attack timing."""
 
-    malicious_fraction: float = Field(0.0, ge=0, le=1)
-    attack: str = ""  # the policy of the malicious share, e.g. "distillation"
-    fl_wbc_fraction: float = Field(0.0, ge=0, le=1)
-    attack_start_round: int = Field(1, ge=1)  # before it, malicious clients train benignly
-    attack_end_round: int = Field(0, ge=0)  # after it too; 0 -> no end
-    min_colluders: int = Field(1, ge=1)  # k: colluders attack only when >= k share a round
+    malicious_fraction: float = param(
+        0.35, "simulation: seeded share of malicious clients (CFAT: 35%)", ge=0, le=1
+    )
+    attack: str = param("distillation", 'their policy (attacks/; "" = none)')
+    fl_wbc_fraction: float = param(0.0, "simulation: seeded share of FL-WBC clients", ge=0, le=1)
+    attack_start_round: int = param(3, "malicious clients train benignly before this round", ge=1)
+    attack_end_round: int = param(
+        0, "... and after this one (0 -> num-rounds: no end)", sentinel=0, ge=0
+    )
+    min_colluders: int = param(
+        3, "k: colluders attack only in rounds where >= k of them are sampled (CFAT: 3 of 5)", ge=1
+    )
 
 
-class AttackConfig(_Section):
-    """Parameters of the malicious policies (attacks/), each with its paper's default."""
+class FLWBCConfig(Section):
+    """FL-WBC clients (roles.fl-wbc-fraction or node role fl-wbc; FL-WBC Sec. 5.1, Eq. 8-10).
 
-    scale_factor: float = Field(100.0, gt=0)  # logit-scaling: factor on the last layer
-    distill_temperature: float = Field(0.0, ge=0)  # distillation T; 0 -> 100 MNIST-like, 25 CIFAR
-    distill_epochs: int = Field(10, ge=1)  # epochs for the teacher and again for the student
-    distill_lr: float = Field(3e-3, gt=0)  # Adam step size of both
-    adaptive_eps_start: float = Field(0.1, gt=0)  # adaptive-cert: first radius matched (CFAT)
-    adaptive_eps_step: float = Field(0.01, gt=0)  # ... grown by this once matched
-    adaptive_steps: int = Field(500, ge=1)  # ... optimiser step budget
-    adaptive_seconds: float = Field(600.0, gt=0)  # ... time budget
-    boost: float = Field(0.0, ge=0)  # model replacement gamma; 0 -> clients-per-round (n_S/n_i)
-    nonrobust_path: str = ""  # aru: checkpoint of a non-robust model; "" -> colluders train one
-    nonrobust_epochs: int = Field(10, ge=1)  # aru: plain-SGD epochs of that model from scratch
-    extract_rounds: int = Field(50, ge=1)  # aru-extract: E, joint extraction rounds (ARU Sec. 4.2)
-    extract_clean: bool = True  # aru-extract: also train on the clean points (not in the paper)
-    extract_epochs: int = Field(0, ge=0)  # aru-extract: epochs per round; 0 -> train.local-epochs
-    flip_scale: float = Field(1.0, gt=0)  # sign-flip: c in G - c (U - G)
-    noise_std: float = Field(1.0, gt=0)  # gaussian: sigma of the noise sent as the update
-    alie_z: float = Field(0.0, ge=0)  # alie: z_max; 0 -> Baruch et al.'s formula from n and f
-    ipm_epsilon: float = Field(0.1, gt=0)  # ipm: epsilon (Xie et al. 2020)
-    backdoor_target: int = Field(0, ge=0)  # backdoor: the class the trigger maps inputs to
-    trigger_magnitude: float = Field(0.0, ge=-1, le=1)  # backdoor: L-inf size; <= 0 -> CFAT's
-    poison_fraction: float = Field(0.3, gt=0, lt=1)  # backdoor: share of each batch triggered
-    edge_mode: Literal["blackbox", "pgd", "pgd-replace"] = "pgd"  # edge-case (Tails Sec. 2)
-    edge_samples: int = Field(-1, ge=-1)  # edge-case images the attacker holds; -1 -> 66 / 100
-    edge_fraction: float = Field(-1.0, ge=-1, le=1)  # their share of its data; -1 -> 0.4 / 0.2
-    edge_delta: float = Field(2.0, gt=0)  # edge-case pgd: L2 radius around the global model
-
-    @field_validator("edge_samples", "edge_fraction")
-    @classmethod
-    def _default_or_positive(cls, v: float) -> float:
-        if v != -1 and v <= 0:
-            raise ValueError("expected -1 (the paper's default) or a value > 0")
-        return v
-
-    # the colluders' own channel (attacks/collusion.py); "" -> <output-dir>/colluders/run-<id>
-    channel_dir: str = ""
-    rendezvous_s: float = Field(10.0, gt=0)  # how long colluders wait for each other per round
-    channel_timeout: float = Field(600.0, gt=0)  # how long a member waits for a partner's share
-    tp_alpha: float = Field(0.5, ge=0, le=1)  # targeted-poisoning: weight of the benign loss
-    tp_n_images: int = Field(1, ge=1)  # targeted-poisoning: |D_M| (FL-WBC: 1 or 10)
-    tp_boost: bool = False  # targeted-poisoning: boost the update (attack.boost, Bhagoji)
-
-
-class FLWBCConfig(_Section):
-    """FL-WBC client defense (Sec. 5.1, Eq. 8-10): Laplace noise on the flat Hessian directions.
-
-    The paper calls s the std of the Laplace noise; the authors' code passes s as its scale b
-    (std = sqrt(2) b). `s-means` says which: "scale" (b = s, the code) or "std" (b = s / sqrt 2).
+    Laplace noise on the flat Hessian directions. The paper calls s the std of the Laplace
+    noise; the authors' code passes s as its scale b (std = sqrt(2) b). `s-means` says which:
+    "scale" (b = s, the code) or "std" (b = s / sqrt 2).
     """
 
-    s: float = Field(0.4, ge=0)
-    s_means: Literal["scale", "std"] = "scale"
+    s: float = param(0.4, "Laplace noise parameter s (FL-WBC default 0.4)", ge=0)
+    s_means: Literal["scale", "std"] = param(
+        "scale", "scale: s is the Laplace scale b (authors' code) | std: s is its std (paper)"
+    )
 
 
-class DPConfig(_Section):
-    """Differential-privacy baselines (FL-WBC Sec. 7.1, Naseri et al.): clip updates, add noise.
+class DPConfig(Section):
+    """Differential-privacy baselines (FL-WBC Sec. 7.1): clip the update, add noise.
 
     `local`: each honest client clips its own update to L2 norm `clip` and adds noise of std
     z * clip. `central`: the server clips every update, aggregates, adds noise of std
     z * clip / K to the aggregate (Flower's convention). z = `noise-multiplier`.
     """
 
-    mode: Literal["none", "local", "central"] = "none"
-    clip: float = Field(5.0, gt=0)  # FL-WBC Sec. 7.1: 5 for Fashion-MNIST, 10 for CIFAR-10
-    noise_multiplier: float = Field(1.0, ge=0)
-    noise: Literal["gaussian", "laplace"] = "gaussian"  # FL-WBC used Laplace of the same std
-
-
-class CRFLConfig(_Section):
-    """CRFL (Xie et al., ICML 2021): the server clips the global model to norm rho_t and adds
-    N(0, sigma^2) each round (strategies/crfl.py); parameter smoothing with sigma-test and the
-    certified radius at test time (certify/crfl.py). Radius constants at 0 come from the run.
-    """
-
-    enabled: bool = False
-    rho: float = Field(15.0, gt=0)  # cap of rho_t = min(rho, rho-start + rho-growth * t)
-    rho_start: float = Field(2.0, gt=0)  # CRFL MNIST: rho_t = min(15, 2 + 0.1 t)
-    rho_growth: float = Field(0.1, ge=0)
-    sigma: float = Field(0.01, gt=0)  # sigma_t: noise on the global model in rounds t < T
-    sigma_test: float = Field(0.01, gt=0)  # sigma_T: parameter-smoothing noise at test time
-    n_copies: int = Field(1000, ge=1)  # M: noisy copies in the majority vote
-    alpha: float = Field(0.001, gt=0, lt=1)  # the p_A / p_B bounds hold w.p. >= 1 - alpha
-    bound: Literal["hoeffding", "clopper-pearson"] = "hoeffding"
-    t_adv: int = Field(0, ge=0)  # attack round; 0 -> roles.attack-start-round
-    n_attackers: int = Field(0, ge=0)  # R; 0 -> round(malicious-fraction * clients-per-round)
-    agg_weight: float = Field(0.0, ge=0, le=1)  # p_i; 0 -> 1 / clients-per-round
-    gamma: float = Field(0.0, ge=0)  # attacker's update scale factor; 0 -> 1 (no boosting)
-    local_iters: int = Field(0, ge=0)  # tau; 0 -> local-epochs * ceil(client data / batch)
-    lr: float = Field(0.0, ge=0)  # eta; 0 -> train.lr
-    poison_fraction: float = Field(0.0, ge=0, le=1)  # q_B / n_B; 0 -> attack.poison-fraction
-    lz: float = Field(0.0, ge=0)  # L_Z; 0 -> sqrt(2 + 2 rho + rho^2) at rho_{t_adv} (CRFL code)
+    mode: Literal["none", "local", "central"] = param(
+        "none", "none | local (each honest client) | central (the server)"
+    )
+    clip: float = param(5.0, "L2 clipping norm of an update (5 Fashion-MNIST, 10 CIFAR-10)", gt=0)
+    noise_multiplier: float = param(
+        1.0, "z: noise std z * clip (local) or z * clip / K (central)", ge=0
+    )
+    noise: Literal["gaussian", "laplace"] = param(
+        "gaussian", "gaussian | laplace (same std; FL-WBC used Laplace)"
+    )
 
 
 GateMetric = Literal["clean-acc", "pgd-acc", "cert-acc", "cert-loss"]
 
 
-class GateConfig(_Section):
+class GateConfig(Section):
     """The certification gate (strategies/gate.py): measure each candidate model, skip it if it
-    fails the acceptance rule (strategies/gate_rule.py, where both rules' formulas are).
+    fails the acceptance rule (core/gate_rule.py, where both rules' formulas are).
 
     `cfat` (CFAT Sec. 3): accuracies must reach `acc-ratio` times the last accepted model's and
     each certified loss may grow to at most (1 + loss-growth) times its reference plus
@@ -271,41 +277,63 @@ class GateConfig(_Section):
     round-0 model's. Floors apply in every round under both rules.
     """
 
-    enabled: bool = True
-    l_crt: tuple[float, ...] = (0.1,)  # certification radii, e.g. "0.1,0.15"
-    l_adv: float = Field(-1.0, ge=-1)  # PGD radius on the validation set; -1 -> train.adv-eps
-    pgd_steps: int = Field(10, ge=1)
-    pgd_restarts: int = Field(1, ge=1)
-    metrics: tuple[GateMetric, ...] = ("clean-acc", "pgd-acc", "cert-acc", "cert-loss")
-    acc_ratio: float = Field(0.9, gt=0, le=1)
-    loss_growth: float = Field(0.1, ge=0)
-    loss_slack: float = Field(1e-3, ge=0)  # absolute: a reference loss of 0 still allows noise
-    warmup_rounds: int = Field(2, ge=0)  # cfat: rounds accepted on the floors alone
-    rule: Literal["cfat", "calibrated"] = "calibrated"  # the acceptance rule enforced
-    shadow_rules: tuple[Literal["cfat", "calibrated"], ...] = ()  # judged and recorded only
-    window: int = Field(5, ge=1)  # calibrated: accepted models whose median is the reference
-    history: int = Field(20, ge=1)  # calibrated: accepted models the spread is learned from
-    spread_factor: float = Field(2.0, gt=0)  # calibrated: tolerance = factor x spread
-    acc_ratio_floor: float = Field(0.5, gt=0, le=1)  # calibrated: loosest accuracy ratio
-    loss_factor_max: float = Field(4.0, ge=1)  # calibrated: loosest certified-loss growth
-    loss_ceiling: float = Field(2.0, ge=0)  # calibrated: x the round-0 model's loss; 0 = off
-    min_clean_acc: float = Field(0.0, ge=0, le=1)
-    min_pgd_acc: float = Field(0.0, ge=0, le=1)
-    min_cert_acc: float = Field(0.0, ge=0, le=1)
-    method: Literal["zonotope", "interval"] = "zonotope"
-    sound_fp: bool = False  # account for float32 rounding (slower, float64)
-    budget_mb: int = Field(256, ge=1)  # certifier working memory per chunk
-    batch_size: int = Field(500, ge=1)  # PGD validation batch (a block of the pool scheduler)
-    scheduler: Literal["pool", "serial"] = "pool"  # pool: workers; serial: one pass (the old way)
-    workers: int = Field(2, ge=1)  # pool: threads, each running torch with one thread
-    early_verdict: bool = True  # pool: stop measuring once the verdict is known (no shadow rules)
-    early_delta: float = Field(1e-3, gt=0, lt=1)  # error bound of the sequential PGD verdict
-    init_state: str = ""  # JSON of a gate's state_dict() to continue from ("" -> measure round 0)
+    enabled: bool = param(True, "wrap the robust strategy in the certification gate")
+    l_crt: tuple[float, ...] = param((0.1,), 'certification radii L_crt, e.g. "0.1,0.15"')
+    l_adv: float = param(
+        -1.0, "PGD radius L_adv on the validation set (-1 -> train.adv-eps)", sentinel=-1.0, ge=-1
+    )
+    pgd_steps: int = param(10, "PGD steps on the validation set", ge=1)
+    pgd_restarts: int = param(1, "PGD restarts on the validation set", ge=1)
+    metrics: tuple[GateMetric, ...] = param(
+        ("clean-acc", "pgd-acc", "cert-acc", "cert-loss"), "the metrics that take part in the rule"
+    )
+    rule: Literal["cfat", "calibrated"] = param(
+        "calibrated", "the acceptance rule enforced: cfat | calibrated"
+    )
+    shadow_rules: tuple[Literal["cfat", "calibrated"], ...] = param(
+        (), 'rules judged and recorded beside it, never enforced, e.g. "cfat"'
+    )
+    acc_ratio: float = param(
+        0.9, "accuracies must reach this share of the reference (calibrated: the tightest)",
+        gt=0, le=1,
+    )  # fmt: skip
+    loss_growth: float = param(
+        0.1, "certified loss may grow by this share of the reference (calibrated: the tightest)",
+        ge=0,
+    )  # fmt: skip
+    loss_slack: float = param(0.001, "... plus this absolute slack (a reference of 0)", ge=0)
+    warmup_rounds: int = param(2, "cfat: rounds accepted on the floors alone", ge=0)
+    window: int = param(5, "calibrated: accepted models whose median is the reference", ge=1)
+    history: int = param(20, "calibrated: accepted models the spread is learned from", ge=1)
+    spread_factor: float = param(2.0, "calibrated: tolerance = factor x the benign spread", gt=0)
+    acc_ratio_floor: float = param(0.5, "calibrated: the loosest accuracy ratio", gt=0, le=1)
+    loss_factor_max: float = param(4.0, "calibrated: the loosest certified-loss growth", ge=1)
+    loss_ceiling: float = param(
+        2.0, "calibrated: certified loss at most this x the round-0 model's (0 = off)", ge=0
+    )
+    min_clean_acc: float = param(0.0, "absolute floor on clean accuracy, every round", ge=0, le=1)
+    min_pgd_acc: float = param(0.0, "absolute floor on PGD accuracy, every round", ge=0, le=1)
+    min_cert_acc: float = param(0.0, "absolute floor on certified accuracy", ge=0, le=1)
+    method: Literal["zonotope", "interval"] = param("zonotope", "zonotope | interval")
+    sound_fp: bool = param(False, "account for float32 rounding (float64, slower)")
+    budget_mb: int = param(256, "certifier working memory per chunk (MiB)", ge=1)
+    batch_size: int = param(500, "PGD validation batch (a block of the pool scheduler)", ge=1)
+    scheduler: Literal["pool", "serial"] = param(
+        "pool", "pool (worker threads share the checks) | serial (one pass)"
+    )
+    workers: int = param(2, "pool: threads, each running torch with one thread", ge=1)
+    early_verdict: bool = param(
+        True, "pool: stop measuring once the verdict is known (not with shadow rules)"
+    )
+    early_delta: float = param(1e-3, "error bound of the sequential PGD verdict", gt=0, lt=1)
+    init_state: str = param(
+        "", 'JSON of a gate\'s state_dict() to continue from ("" = measure round 0)'
+    )
 
     @field_validator("l_crt", mode="before")
     @classmethod
     def _radii(cls, v: Any) -> tuple[float, ...]:
-        return _positive_radii(v, allow_empty=False)
+        return positive_radii(v, allow_empty=False)
 
     @field_validator("metrics", "shadow_rules", mode="before")
     @classmethod
@@ -313,27 +341,118 @@ class GateConfig(_Section):
         return tuple(p.strip() for p in v.split(",") if p.strip()) if isinstance(v, str) else v
 
 
-class RunConfig(_Section):
+class CRFLConfig(Section):
+    """CRFL (Xie et al., ICML 2021; strategies/crfl.py, certify/crfl.py, `certfl crfl-certify`).
+
+    The server clips the global model to norm rho_t and adds N(0, sigma^2) each round; at test
+    time, parameter smoothing and a certified radius, whose constants at 0 come from the run.
+    """
+
+    enabled: bool = param(False, "the server's clip-and-perturb step after aggregation")
+    rho: float = param(
+        15.0, "cap of the clip threshold rho_t = min(rho, rho-start + rho-growth * t)", gt=0
+    )
+    rho_start: float = param(2.0, "rho_t at round 0 (CRFL MNIST: 2)", gt=0)
+    rho_growth: float = param(0.1, "rho_t growth per round (CRFL MNIST: 0.1)", ge=0)
+    sigma: float = param(0.01, "sigma_t: noise std on the global model in rounds t < T", gt=0)
+    sigma_test: float = param(0.01, "sigma_T: parameter-smoothing noise std at test time", gt=0)
+    n_copies: int = param(1000, "M: noisy model copies in the majority vote (CRFL: 1000)", ge=1)
+    alpha: float = param(
+        0.001, "the p_A lower / p_B upper bounds hold jointly w.p. >= 1 - alpha", gt=0, lt=1
+    )
+    bound: Literal["hoeffding", "clopper-pearson"] = param(
+        "hoeffding", "hoeffding (CRFL code) | clopper-pearson (exact binomial)"
+    )
+    t_adv: int = param(0, "attack round t_adv (0 -> roles.attack-start-round)", sentinel=0, ge=0)
+    n_attackers: int = param(
+        0,
+        "R (0 -> round(roles.malicious-fraction * train.clients-per-round), at least 1)",
+        sentinel=0,
+        ge=0,
+    )
+    agg_weight: float = param(
+        0.0, "p_i, an attacker's aggregation weight (0 -> 1 / train.clients-per-round)",
+        sentinel=0.0, ge=0, le=1,
+    )  # fmt: skip
+    gamma: float = param(
+        0.0, "gamma_i, an attacker's update scale (0 -> 1: the backdoor policy does not boost)",
+        sentinel=0.0, ge=0,
+    )  # fmt: skip
+    local_iters: int = param(
+        0,
+        "tau_i, local iterations (0 -> local-epochs * ceil(client examples / batch-size))",
+        sentinel=0,
+        resolved_in="cli.crfl_constants.local_iterations (the clients' example counts)",
+        ge=0,
+    )
+    lr: float = param(0.0, "eta_i, local learning rate (0 -> train.lr)", sentinel=0.0, ge=0)
+    poison_fraction: float = param(
+        0.0, "q_B / n_B, triggered share of a batch (0 -> attack.poison-fraction)",
+        sentinel=0.0, ge=0, le=1,
+    )  # fmt: skip
+    lz: float = param(
+        0.0, "L_Z (0 -> sqrt(2 + 2 rho + rho^2) at rho = rho_{t_adv}, as CRFL's code)",
+        sentinel=0.0, ge=0,
+    )  # fmt: skip
+
+    def clip_threshold(self, server_round: int) -> float:
+        """rho_t = min(rho, rho_start + rho_growth * t)."""
+        return min(self.rho, self.rho_start + self.rho_growth * server_round)
+
+
+class RunConfig(Section):
     """Everything one run needs; built once by the server and once per client process."""
 
-    seed: int = Field(0, ge=0)
-    num_rounds: int = Field(3, ge=1)
-    output_dir: str = "runs"
-    run_name: str = ""  # "" -> a timestamp
-    resume_from: str = ""  # a run directory to continue from its last checkpoint; "" -> fresh
-    init_checkpoint: str = ""  # start from this checkpoint's model (server/run_store.py format)
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    agg: AggregationConfig = AggregationConfig()
-    eval: EvalConfig = EvalConfig()
-    roles: RolesConfig = RolesConfig()
-    attack: AttackConfig = AttackConfig()
-    fl_wbc: FLWBCConfig = FLWBCConfig()
-    dp: DPConfig = DPConfig()
-    gate: GateConfig = GateConfig()
-    crfl: CRFLConfig = CRFLConfig()
+    seed: int = param(0, "seeds sampling, roles, partitions, initialisation and noise", ge=0)
+    num_rounds: int = param(6, "federated rounds", ge=1)
+    output_dir: str = param("runs", "run directories go here (relative to the ServerApp's cwd)")
+    run_name: str = param(
+        "",
+        'the run directory\'s name ("" -> a UTC timestamp and the seed)',
+        sentinel="",
+        resolved_in="server.run_store.resolve_run_dir (the server's start time)",
+    )
+    resume_from: str = param(
+        "", 'a run directory to continue from its last checkpoint ("" = a fresh run)'
+    )
+    init_checkpoint: str = param(
+        "", 'start from this checkpoint\'s model (server/run_store.py format; "" = initialise)'
+    )
+    device: Literal["cpu", "cuda", "auto"] = param(
+        "cpu",
+        "cpu | cuda | auto (-> cuda when this process has one)",
+        sentinel="auto",
+        resolved_in="core.device.resolve_device (each process's hardware)",
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    agg: AggregationConfig = Field(default_factory=AggregationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    roles: RolesConfig = Field(default_factory=RolesConfig)
+    attack: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: attack_section()())
+    fl_wbc: FLWBCConfig = Field(default_factory=FLWBCConfig)
+    dp: DPConfig = Field(default_factory=DPConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    crfl: CRFLConfig = Field(default_factory=CRFLConfig)
+
+    @field_validator("attack", mode="before")
+    @classmethod
+    def _registered_groups(cls, v: Any) -> Any:
+        """The `attack.*` keys, validated by the groups the policies registered."""
+        return attack_section().model_validate(v) if isinstance(v, Mapping) else v
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Self:
+        """Resolve the policies' and the cross-section sentinels, then check the keys against
+        each other."""
+        attack = _resolved_attack(self)
+        for name, fields in _cross_section_values(self, attack).items():
+            _assign(self, **{name: getattr(self, name).model_copy(update=fields)})
+        _assign(self, attack=attack)
+        _check_unresolved(self)
+        _check(self)
+        return self
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> RunConfig:
@@ -345,12 +464,135 @@ class RunConfig(_Section):
         return _flatten(self.model_dump(by_alias=True))
 
 
-class NodeConfig(_Section):
+def _assign(model: BaseModel, **values: Any) -> None:
+    """Set resolved values on a frozen model while it is being validated (parsed)."""
+    for name, value in values.items():
+        object.__setattr__(model, name, value)
+
+
+def _resolved_attack(raw: RunConfig) -> PolicyParams:
+    """The attack section with every registered group's sentinels resolved."""
+    update: dict[str, Any] = {}
+    for group in registered_groups():
+        update |= group.resolve(raw.attack, raw)
+    return raw.attack.model_copy(update=update)
+
+
+def cross_section_defaults(cfg: RunConfig, attack: PolicyParams) -> dict[str, dict[str, Any]]:
+    """What each sentinel that depends on other sections stands for in `cfg`: per section,
+    field -> value (None: a policy parameter that no registered group provides)."""
+    train, roles, crfl = cfg.train, cfg.roles, cfg.crfl
+    t_adv = crfl.t_adv or roles.attack_start_round  # the attack round, at whose rho_t L_Z is taken
+    return {
+        "eval": {"adv_eps": train.adv_eps, "temperature": _filled("eval.temperature", attack)},
+        "gate": {"l_adv": train.adv_eps},
+        "roles": {"attack_end_round": cfg.num_rounds},
+        "crfl": {
+            "t_adv": roles.attack_start_round,
+            "n_attackers": max(1, round(roles.malicious_fraction * train.clients_per_round)),
+            "agg_weight": 1 / train.clients_per_round,
+            "gamma": 1.0,
+            "lr": train.lr,
+            "poison_fraction": _filled("crfl.poison-fraction", attack),
+            "lz": crfl_lz(crfl.clip_threshold(t_adv)),
+        },
+    }
+
+
+def _cross_section_values(raw: RunConfig, attack: PolicyParams) -> dict[str, dict[str, Any]]:
+    """Per section, the concrete values of its sentinels that depend on other sections."""
+    updates: dict[str, dict[str, Any]] = {}
+    for section, values in cross_section_defaults(raw, attack).items():
+        current = getattr(raw, section)
+        for name, value in values.items():
+            is_sentinel, sentinel, _ = sentinel_of(type(current).model_fields[name])
+            assert is_sentinel, f"{section}.{name} is resolved but not declared a sentinel"
+            if getattr(current, name) == sentinel:
+                if value is None:
+                    raise ConfigError(
+                        f"run config key '{section}.{name.replace('_', '-')}' = {sentinel!r} "
+                        "stands for a policy parameter, and no registered policy provides it; "
+                        "set it, or register the policies (attacks.registry.load_policies())"
+                    )
+                updates.setdefault(section, {})[name] = value
+    return updates
+
+
+def crfl_lz(rho: float) -> float:
+    """CRFL code's L_Z at clip threshold rho: sqrt(2 + 2 rho + rho^2)."""
+    return math.sqrt(2 + 2 * rho + rho**2)
+
+
+def _filled(key: str, attack: PolicyParams) -> Any:
+    """The value of the registered group field that core sentinel `key` stands for, or None."""
+    for group in registered_groups():
+        if key in group.fills:
+            return getattr(attack, group.fills[key])
+    return None
+
+
+def _check_unresolved(cfg: BaseModel, prefix: str = "") -> None:
+    """Fail if a parse-time sentinel survived resolution (a resolver is missing: a bug)."""
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            _check_unresolved(value, f"{prefix}{name}.")
+            continue
+        is_sentinel, sentinel, resolved_in = sentinel_of(field)
+        if is_sentinel and not resolved_in and value == sentinel:
+            raise ConfigError(f"config key '{prefix}{name}' = {value!r} was not resolved")
+
+
+def _check(cfg: RunConfig) -> None:
+    """The checks that need several keys, run once the config is resolved."""
+    r = cfg.roles
+    if r.attack:
+        check_policy_name(r.attack, "run config key 'roles.attack'")
+        check_policy_reads(cfg, r.attack, "roles.attack")
+    elif r.malicious_fraction > 0:
+        raise ConfigError(
+            f"run config key 'roles.malicious-fraction' = {r.malicious_fraction} needs "
+            "'roles.attack' to name a policy (or set it to 0)"
+        )
+    if r.malicious_fraction + r.fl_wbc_fraction > 1:
+        raise ConfigError(
+            f"run config keys 'roles.malicious-fraction' ({r.malicious_fraction}) + "
+            f"'roles.fl-wbc-fraction' ({r.fl_wbc_fraction}) exceed 1"
+        )
+    if cfg.data.dataset == "npz" and not cfg.data.npz_path:
+        raise ConfigError("run config key 'data.npz-path' = '': data.dataset = 'npz' needs a file")
+    if cfg.crfl.enabled:
+        check_crfl_attack_round(cfg)
+    chosen = params_of(r.attack) if r.attack else ()
+    for group in registered_groups():
+        group.check(cfg.attack, cfg, group in chosen)
+
+
+def check_crfl_attack_round(cfg: RunConfig) -> None:
+    """CRFL certifies one attack round t_adv (`crfl.t-adv`, else roles.attack-start-round),
+    which must lie in 1..num-rounds."""
+    if not 1 <= cfg.crfl.t_adv <= cfg.num_rounds:
+        raise ConfigError(
+            f"run config key 'crfl.t-adv' resolves to {cfg.crfl.t_adv}: must be in 1..num-rounds "
+            f"({cfg.num_rounds}); set crfl.t-adv or roles.attack-start-round"
+        )
+
+
+class NodeConfig(Section):
     """A SuperNode's own config: its data partition and, in deployment, its role."""
 
-    partition_id: int = Field(ge=0)
-    num_partitions: int = Field(ge=1)
-    role: str = ""  # "" -> from the seeded simulation assignment (core/roles.py)
+    partition_id: int = Field(ge=0, description="this node's partition, 0..num-partitions - 1")
+    num_partitions: int = Field(ge=1, description="partitions of the training pool")
+    role: str = param(
+        "", 'benign | fl-wbc | attack:<policy> ("" -> the seeded simulation assignment)'
+    )
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, v: str) -> str:
+        from core.roles import validate_role
+
+        return validate_role(v) if v else v
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> NodeConfig:
@@ -397,8 +639,16 @@ def _validate(model: type[M], flat: Mapping[str, Any], what: str) -> M:
         lines = []
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                lines.append(f"{what} key {key!r} is unknown")
+            cause = e.get("ctx", {}).get("error")
+            if isinstance(cause, ConfigError):
+                lines.append(str(cause))
+            elif e["type"] == "extra_forbidden":
+                hint = ""
+                if key.startswith("attack.") and not registered_groups():
+                    hint = (
+                        " (no policy parameters are registered: attacks.registry.load_policies())"
+                    )
+                lines.append(f"{what} key {key!r} is unknown{hint}")
             elif e["type"] == "missing":
                 lines.append(f"{what} key {key!r} is required")
             else:

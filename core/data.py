@@ -3,7 +3,8 @@
 Images are kept as uint8 `(N, C, H, W)` and turned into float batches in [0, 1] on the fly, so a
 process holds each dataset once (MNIST: 47 MB) however many virtual clients it serves.
 
-Data directory: run config `data.dir`, else the `CERTFL_DATA` environment variable, else `./data`.
+Data directory: run config `data.dir`, else the `CERTFL_DATA` environment variable, else `./data`
+(resolved when the config is parsed).
 Expected layout (torchvision's, as in `../shared/data`):
     MNIST/raw/*-ubyte.gz, FashionMNIST/raw/*-ubyte.gz,
     cifar10/cifar10.npz (x_train, y_train, x_test, y_test, HWC uint8) or cifar-10-batches-py/.
@@ -84,7 +85,6 @@ class Dataset:
     spec: InputSpec
     train: ImageSet
     test: ImageSet
-    default_n_cert: int
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,11 @@ class Splits:
 
 
 _STATS = {
-    "mnist": ((0.1307,), (0.3081,), 1000),
-    "fashion-mnist": ((0.2860,), (0.3530,), 1000),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 100),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
+_NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10}
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 _MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -117,8 +118,8 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def data_dir(cfg: DataConfig) -> Path:
-    """The data directory: `data.dir`, else $CERTFL_DATA, else ./data."""
-    return Path(cfg.dir or os.environ.get("CERTFL_DATA") or "data").expanduser().resolve()
+    """The data directory `data.dir` (its "" resolved when the config was parsed)."""
+    return Path(cfg.dir)
 
 
 def cache_dir() -> Path:
@@ -272,14 +273,19 @@ def _load(cfg: DataConfig, root: Path) -> Dataset:
         if not cfg.npz_path:
             raise DataNotFoundError("data.dataset = 'npz' needs data.npz-path (an .npz file)")
         train, test = load_npz_images(root / cfg.npz_path)
-    if cfg.dataset in _STATS:
-        mean, std, n_cert = _STATS[cfg.dataset]
-    else:
-        (mean, std), n_cert = _channel_stats(train.x), 1000
-    num_classes = int(max(train.y.max(), test.y.max())) + 1
+    mean, std = _STATS[cfg.dataset] if cfg.dataset in _STATS else _channel_stats(train.x)
+    classes = int(max(train.y.max(), test.y.max())) + 1
     _, c, h, w = train.x.shape
-    spec = InputSpec(c, h, w, num_classes, mean, std)
-    return Dataset(cfg.dataset, spec, train, test, n_cert)
+    spec = InputSpec(c, h, w, classes, mean, std)
+    return Dataset(cfg.dataset, spec, train, test)
+
+
+def num_classes(cfg: DataConfig) -> int:
+    """The number of classes of `cfg`'s dataset: known for the built-in ones, read from the
+    labels (loading the file) for an npz."""
+    if cfg.dataset in _NUM_CLASSES:
+        return _NUM_CLASSES[cfg.dataset]
+    return load_dataset(cfg).spec.num_classes
 
 
 def test_order(n: int, seed: int) -> torch.Tensor:
@@ -291,7 +297,7 @@ def test_order(n: int, seed: int) -> torch.Tensor:
 def load_splits(cfg: DataConfig) -> Splits:
     """Certification set = first N_cert training points, validation = next N_val, pool = rest."""
     ds = load_dataset(cfg)
-    n_cert = ds.default_n_cert if cfg.n_cert < 0 else cfg.n_cert
+    n_cert = cfg.n_cert
     if n_cert + cfg.n_val >= len(ds.train):
         raise ValueError(
             f"data.n-cert ({n_cert}) + data.n-val ({cfg.n_val}) leave no training data for the "

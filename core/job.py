@@ -21,6 +21,7 @@ from core.params import load_record
 from core.partition import client_indices
 from core.seeds import derive_seed
 from core.training import SGDConfig
+from core.wire import NUM_EXAMPLES
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class LocalJob:
     def reply(self, model: nn.Module, **metrics: float) -> LocalResult:
         """The reply: the model's state and `num-examples` (the partition size) plus `metrics`."""
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return LocalResult(state, {"num-examples": len(self.data), **metrics})
+        return LocalResult(state, {NUM_EXAMPLES: len(self.data), **metrics})
 
 
 def sgd_config(t: TrainConfig) -> SGDConfig:

@@ -90,21 +90,26 @@ def _conv_head(spec: InputSpec, features: list[nn.Module], hidden: Sequence[int]
 
 def conv_small(spec: InputSpec) -> nn.Module:
     """ERAN ConvSmall: Conv16(4x4, s2)-ReLU-Conv32(4x4, s2)-ReLU-FC100-ReLU-FC."""
-    c = spec.channels
+    channels = spec.channels
     return _conv_head(
         spec,
-        [nn.Conv2d(c, 16, 4, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU()],
+        [
+            nn.Conv2d(channels, 16, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2),
+            nn.ReLU(),
+        ],
         [100],
     )
 
 
 def conv_med(spec: InputSpec) -> nn.Module:
     """ConvMed, larger than ConvSmall: Conv32(5x5, s2, p2)-Conv64(4x4, s2, p1)-FC200-FC100-FC."""
-    c = spec.channels
+    channels = spec.channels
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 32, 5, stride=2, padding=2),
+            nn.Conv2d(channels, 32, 5, stride=2, padding=2),
             nn.ReLU(),
             nn.Conv2d(32, 64, 4, stride=2, padding=1),
             nn.ReLU(),
@@ -115,11 +120,11 @@ def conv_med(spec: InputSpec) -> nn.Module:
 
 def conv_big(spec: InputSpec) -> nn.Module:
     """ERAN ConvBig: Conv32(3)-Conv32(4, s2)-Conv64(3)-Conv64(4, s2)-FC512-FC512-FC."""
-    c = spec.channels
+    channels = spec.channels
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 32, 3, padding=1),
+            nn.Conv2d(channels, 32, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(32, 32, 4, stride=2, padding=1),
             nn.ReLU(),
@@ -134,11 +139,11 @@ def conv_big(spec: InputSpec) -> nn.Module:
 
 def cifar_cnn(spec: InputSpec) -> nn.Module:
     """CIFAR conv net with BatchNorm and average pooling, all layers the certifier supports."""
-    c = spec.channels
+    channels = spec.channels
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 32, 3, padding=1),
+            nn.Conv2d(channels, 32, 3, padding=1),
             nn.BatchNorm2d(32),
             nn.ReLU(),
             nn.Conv2d(32, 32, 4, stride=2, padding=1),
@@ -160,11 +165,11 @@ def mlp(spec: InputSpec) -> nn.Module:
 
 def fl_wbc_fmnist(spec: InputSpec) -> nn.Module:
     """FL-WBC Table 3 (Fashion-MNIST): Conv16(5x5, p2)-Pool-Conv32(5x5, p2)-Pool-FC."""
-    c = spec.channels
+    channels = spec.channels
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 16, 5, padding=2),
+            nn.Conv2d(channels, 16, 5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 5, padding=2),
@@ -177,11 +182,11 @@ def fl_wbc_fmnist(spec: InputSpec) -> nn.Module:
 
 def fl_wbc_lenet(spec: InputSpec) -> nn.Module:
     """FL-WBC Table 3 (CIFAR-10 LeNet): Conv6(5x5)-Pool-Conv16(5x5)-Pool-FC120-FC84-FC."""
-    c = spec.channels
+    channels = spec.channels
     return _conv_head(
         spec,
         [
-            nn.Conv2d(c, 6, 5),
+            nn.Conv2d(channels, 6, 5),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5),

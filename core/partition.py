@@ -37,8 +37,8 @@ def dirichlet(
         )
     for _ in range(100):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(labels == c))
+        for label in classes:
+            idx = rng.permutation(np.flatnonzero(labels == label))
             cuts = (np.cumsum(rng.dirichlet(np.full(num_partitions, alpha))) * len(idx)).astype(int)
             for client, chunk in enumerate(np.split(idx, cuts[:-1])):
                 parts[client].append(chunk)

@@ -10,21 +10,34 @@ from __future__ import annotations
 import numpy as np
 
 from core.config import ConfigError, NodeConfig, RolesConfig
+from core.policy_params import check_policy_name, policy_names
 
 BENIGN = "benign"
 FL_WBC = "fl-wbc"
 ATTACK_PREFIX = "attack:"
 
 
-def validate_role(role: str) -> str:
-    """Return `role` if well formed, else raise ConfigError saying what is allowed."""
-    if role in (BENIGN, FL_WBC) or (
-        role.startswith(ATTACK_PREFIX) and len(role) > len(ATTACK_PREFIX)
-    ):
+def validate_role(role: str, where: str = "node config key 'role'") -> str:
+    """Return `role` if it is benign, fl-wbc or `attack:<a registered policy>`, else raise
+    ConfigError naming `where`, the role and every allowed role."""
+    if role in (BENIGN, FL_WBC):
         return role
-    raise ConfigError(
-        f"node config key 'role' = {role!r}: expected 'benign', 'fl-wbc' or 'attack:<policy>'"
-    )
+    name = attack_name(role)
+    if name and policy_names():
+        if name in policy_names():
+            return role
+        raise ConfigError(
+            f"{where} = {role!r}: no attack policy {name!r} is registered; "
+            f"allowed: {allowed_roles()}"
+        )
+    if name:
+        check_policy_name(name, f"{where} = {role!r}: policy")  # none registered: says so
+    raise ConfigError(f"{where} = {role!r}: unknown role; allowed: {allowed_roles()}")
+
+
+def allowed_roles() -> str:
+    """The roles a node may have, in words: benign, fl-wbc, attack:<each registered policy>."""
+    return ", ".join([BENIGN, FL_WBC] + [ATTACK_PREFIX + name for name in policy_names()])
 
 
 def attack_name(role: str) -> str | None:
@@ -36,15 +49,10 @@ def assign_roles(num_partitions: int, cfg: RolesConfig, seed: int) -> list[str]:
     """Seeded roles of all partitions: round(fraction * N) malicious, then FL-WBC, rest benign."""
     n_mal = round(cfg.malicious_fraction * num_partitions)
     n_wbc = round(cfg.fl_wbc_fraction * num_partitions)
-    if n_mal and not cfg.attack:
-        raise ConfigError(
-            f"run config key 'roles.malicious-fraction' = {cfg.malicious_fraction} needs "
-            "'roles.attack' to name a policy"
-        )
-    if n_mal + n_wbc > num_partitions:
+    if n_mal + n_wbc > num_partitions:  # fractions within 1 (checked at parse) can round over
         raise ConfigError(
             f"roles.malicious-fraction ({cfg.malicious_fraction}) + roles.fl-wbc-fraction "
-            f"({cfg.fl_wbc_fraction}) exceed 1"
+            f"({cfg.fl_wbc_fraction}) round to {n_mal} + {n_wbc} of {num_partitions} partitions"
         )
     order = np.random.default_rng([seed, 0x501E5]).permutation(num_partitions)
     roles = [BENIGN] * num_partitions
@@ -57,6 +65,6 @@ def assign_roles(num_partitions: int, cfg: RolesConfig, seed: int) -> list[str]:
 
 def resolve_role(node: NodeConfig, cfg: RolesConfig, seed: int) -> str:
     """The node's role: its node config's `role` if set, else the seeded simulation assignment."""
-    if node.role:
-        return validate_role(node.role)
+    if node.role:  # validated when the node config was parsed
+        return node.role
     return assign_roles(node.num_partitions, cfg, seed)[node.partition_id]

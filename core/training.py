@@ -1,9 +1,9 @@
 """Generic local training and evaluation loops.
 
 Adversarial training plugs in through `perturb`: a function `(model, x, y) -> x_adv` that the
-loop applies to every batch (Madry et al.: train on the PGD point of each batch). `core` knows no
-attack itself; clients pass `attacks.evasion.pgd`. Hooks (`after_step`) let client-side defenses
-such as FL-WBC act after every optimiser step.
+loop applies to every batch (Madry et al.: train on the PGD point of each batch;
+`core.adversarial_training.madry_perturb` builds it from `core.evasion.pgd`). Hooks
+(`after_step`) let client-side defenses such as FL-WBC act after every optimiser step.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from attacks.collusion import channel_root, read_ledger
-from attacks.registry import check_run_roles
+from attacks.registry import load_policies
 from core.config import ConfigError, RunConfig
 from core.data import Splits, load_splits
 from core.device import resolve_device
@@ -40,6 +40,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point Flower calls, in simulation and in deployment alike."""
+    load_policies()  # registers the policies' names and `attack.*` keys before parsing
     try:
         cfg = RunConfig.from_flat(context.run_config)
     except ValueError as err:
@@ -208,7 +209,6 @@ def run_server(grid: Grid, cfg: RunConfig, run_id: int) -> Path:
 
     After every round the colluders' ground truth so far, when their channel is reachable from
     here, is copied into the run directory for evaluation; the strategy never sees it."""
-    check_run_roles(cfg)
     point = None
     if cfg.resume_from:
         point = load_resume_point(Path(cfg.resume_from).expanduser().resolve())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks.backdoor import backdoor_target, stripe_trigger, trigger_magnitude, trigger_success
+from attacks.backdoor import BackdoorParams, stripe_trigger, trigger_success
 from attacks.edge_case_data import load_edge_case
 from core.config import RunConfig
 from core.data import DataNotFoundError, ImageSet, load_splits
@@ -25,10 +25,11 @@ def backdoor_metrics(
     model: nn.Module, data: ImageSet, cfg: RunConfig, device: torch.device, server_round: int
 ) -> dict[str, float]:
     """`backdoor_success` of the stripe trigger on the evaluation subset `data`."""
-    spec = load_splits(cfg.data).spec
-    trigger = stripe_trigger(spec, trigger_magnitude(cfg))
-    target = backdoor_target(cfg, spec)
-    rate = trigger_success(model, data, trigger, target, cfg.eval.batch_size, device)
+    params = BackdoorParams.of(cfg)
+    trigger = stripe_trigger(load_splits(cfg.data).spec, params.trigger_magnitude)
+    rate = trigger_success(
+        model, data, trigger, params.backdoor_target, cfg.eval.batch_size, device
+    )
     return {"backdoor_success": rate}
 
 

@@ -94,13 +94,11 @@ def load_resume_point(run_dir: Path) -> ResumePoint:
 def check_resumable(cfg: RunConfig, point: ResumePoint) -> None:
     """ConfigError naming each key of `cfg` that differs from the run's own config (other than
     `MAY_CHANGE`), or a `num-rounds` below the rounds already played."""
-    now = cfg.to_flat()
-    keys = (set(now) | set(point.config)) - MAY_CHANGE
-    changed = sorted(k for k in keys if now.get(k) != point.config.get(k))
+    now, then = _comparable(cfg.to_flat()), _comparable(point.config)
+    keys = (set(now) | set(then)) - MAY_CHANGE
+    changed = sorted(k for k in keys if now.get(k) != then.get(k))
     if changed:
-        details = "; ".join(
-            f"'{k}' = {now.get(k)!r}, the run has {point.config.get(k)!r}" for k in changed
-        )
+        details = "; ".join(f"'{k}' = {now.get(k)!r}, the run has {then.get(k)!r}" for k in changed)
         raise ConfigError(
             f"run config key 'resume-from' = {cfg.resume_from!r}: the resumed run must keep its "
             f"config ({details}); only {', '.join(sorted(MAY_CHANGE))} may change"
@@ -110,3 +108,12 @@ def check_resumable(cfg: RunConfig, point: ResumePoint) -> None:
             f"run config key 'num-rounds' = {cfg.num_rounds}: the run in "
             f"{cfg.resume_from!r} has already played {point.round} rounds"
         )
+
+
+def _comparable(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`flat` with the values that follow `num-rounds` (which may change) put back to what they
+    mean: an attack ending at the last round has no end (its sentinel, resolved at parse)."""
+    out = dict(flat)
+    if out.get("roles.attack-end-round") == out.get("num-rounds"):
+        out["roles.attack-end-round"] = "no end (num-rounds)"
+    return out

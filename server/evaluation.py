@@ -9,15 +9,14 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from attacks.distillation import distillation_temperature
-from attacks.evasion import PGDConfig, pgd_evaluate
+from certify.metrics import certification_metrics
 from core.config import RunConfig
 from core.data import ImageSet, test_order
+from core.evasion import PGDConfig, pgd_evaluate
 from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
 from server.threat_metrics import THREAT_METRICS
-from strategies.gate_measure import certification_metrics
 
 
 def eval_subset(test: ImageSet, n_test: int, seed: int) -> ImageSet:
@@ -37,18 +36,6 @@ class CentralEvaluator:
     cfg: RunConfig
     device: torch.device
 
-    @property
-    def adv_eps(self) -> float:
-        """L_adv of the evaluation: eval.adv-eps, or train.adv-eps when it is -1."""
-        e = self.cfg.eval
-        return self.cfg.train.adv_eps if e.adv_eps < 0 else e.adv_eps
-
-    @property
-    def temperature(self) -> float:
-        """T of the temperature-PGD metric: eval.temperature, or distillation's T when -1."""
-        t = self.cfg.eval.temperature
-        return distillation_temperature(self.cfg) if t < 0 else t
-
     def __call__(self, arrays: ArrayRecord, server_round: int) -> dict[str, float]:
         """clean_acc, clean_loss, pgd_acc, pgd_loss of the model `arrays` hold, plus the
         certified metrics at `eval.l-crt` and the attack-exposing metrics that apply."""
@@ -56,20 +43,20 @@ class CentralEvaluator:
         e = self.cfg.eval
         clean = evaluate(self.model, self.data, e.batch_size, device=self.device)
         metrics = {"clean_acc": clean.accuracy, "clean_loss": clean.loss, "n_test": clean.n}
-        if e.adv_steps > 0 and self.adv_eps > 0:
+        if e.adv_steps > 0 and e.adv_eps > 0:
             generator = torch_generator(self.cfg.seed, "eval-pgd", server_round)
-            attack = PGDConfig(eps=self.adv_eps, steps=e.adv_steps)
+            attack = PGDConfig(eps=e.adv_eps, steps=e.adv_steps)
             adv = pgd_evaluate(self.model, self.data, attack, e.batch_size, generator, self.device)
-            metrics |= {"pgd_acc": adv.accuracy, "pgd_loss": adv.loss, "adv_eps": self.adv_eps}
-            if self.temperature > 0:
-                bypass = replace(attack, temperature=self.temperature)
+            metrics |= {"pgd_acc": adv.accuracy, "pgd_loss": adv.loss, "adv_eps": e.adv_eps}
+            if e.temperature > 0:
+                bypass = replace(attack, temperature=e.temperature)
                 adv_t = pgd_evaluate(
                     self.model, self.data, bypass, e.batch_size, generator, self.device
                 )
-                metrics |= {"pgd_t_acc": adv_t.accuracy, "pgd_temperature": self.temperature}
+                metrics |= {"pgd_t_acc": adv_t.accuracy, "pgd_temperature": e.temperature}
         if e.l_crt:
-            subset = self.data.subset(slice(0, e.n_cert))
-            metrics |= certification_metrics(self.model, subset, e.l_crt, device=self.device)
+            x, y = self.data.subset(slice(0, e.n_cert)).tensors(self.device)
+            metrics |= certification_metrics(self.model, x, y, e.l_crt)
         for threat_metric in THREAT_METRICS:
             metrics |= threat_metric(self.model, self.data, self.cfg, self.device, server_round)
         return metrics

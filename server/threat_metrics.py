@@ -12,7 +12,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from attacks.targeted_poisoning import malicious_dataset, misclassification
+from attacks.targeted_poisoning import (
+    TargetedPoisoningParams,
+    malicious_dataset,
+    misclassification,
+)
 from core.config import RunConfig
 from core.data import ImageSet, load_splits
 from server.backdoor_metrics import backdoor_metrics, edge_case_metrics
@@ -27,7 +31,8 @@ def targeted_poisoning_metrics(
     probability of the adversarial labels, and `tp_accuracy`. Measured in every run (a handful
     of images): before an attack it is the baseline a mitigated model returns to."""
     splits = load_splits(cfg.data)
-    d_m = malicious_dataset(splits.test, cfg.attack.tp_n_images, splits.spec.num_classes, cfg.seed)
+    n_images = TargetedPoisoningParams.of(cfg).tp_n_images
+    d_m = malicious_dataset(splits.test, n_images, splits.spec.num_classes, cfg.seed)
     m = misclassification(model, d_m, device)
     return {"tp_confidence": m.confidence, "tp_accuracy": m.accuracy}
 

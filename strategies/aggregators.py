@@ -293,54 +293,60 @@ def _one(cfg: AggregationConfig) -> int:
 RULES: dict[str, AggregationRule] = {
     rule.name: rule
     for rule in (
-        AggregationRule("mean", True, _one, _ANY_NEEDS, lambda x, w, c, g: weighted_mean(x, w)),
         AggregationRule(
-            "median", False, _one, _ANY_NEEDS, lambda x, w, c, g: coordinate_median(x, w)
+            "mean", True, _one, _ANY_NEEDS, lambda x, w, cfg, generator: weighted_mean(x, w)
+        ),
+        AggregationRule(
+            "median", False, _one, _ANY_NEEDS, lambda x, w, cfg, generator: coordinate_median(x, w)
         ),
         AggregationRule(
             "trimmed-mean",
             False,
             _one,
             _ANY_NEEDS,
-            lambda x, w, c, g: trimmed_mean(x, w, c.beta),
+            lambda x, w, cfg, generator: trimmed_mean(x, w, cfg.beta),
         ),
         AggregationRule(
             "krum",
             False,
-            lambda c: 2 * c.f + 3,
+            lambda cfg: 2 * cfg.f + 3,
             _KRUM_NEEDS,
-            lambda x, w, c, g: krum(x, w, c.f),
+            lambda x, w, cfg, generator: krum(x, w, cfg.f),
         ),
         AggregationRule(
             "multi-krum",
             True,
-            lambda c: max(2 * c.f + 3, c.m),
+            lambda cfg: max(2 * cfg.f + 3, cfg.m),
             _MULTI_KRUM_NEEDS,
-            lambda x, w, c, g: multi_krum(x, w, c.f, c.m),
+            lambda x, w, cfg, generator: multi_krum(x, w, cfg.f, cfg.m),
         ),
         AggregationRule(
             "bulyan",
             False,
-            lambda c: 4 * c.f + 3,
+            lambda cfg: 4 * cfg.f + 3,
             _BULYAN_NEEDS,
-            lambda x, w, c, g: bulyan(x, w, c.f),
+            lambda x, w, cfg, generator: bulyan(x, w, cfg.f),
         ),
         AggregationRule(
             "geometric-median",
             True,
             _one,
             _ANY_NEEDS,
-            lambda x, w, c, g: geometric_median(x, w),
+            lambda x, w, cfg, generator: geometric_median(x, w),
         ),
         AggregationRule(
-            "norm-clip", True, _one, _ANY_NEEDS, lambda x, w, c, g: norm_clip(x, w, c.tau)
+            "norm-clip",
+            True,
+            _one,
+            _ANY_NEEDS,
+            lambda x, w, cfg, generator: norm_clip(x, w, cfg.tau),
         ),
         AggregationRule(
             "weak-dp",
             True,
             _one,
             _ANY_NEEDS,
-            lambda x, w, c, g: weak_dp(x, w, c.tau, c.noise_std, g),
+            lambda x, w, cfg, generator: weak_dp(x, w, cfg.tau, cfg.noise_std, generator),
         ),
     )
 }

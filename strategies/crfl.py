@@ -21,14 +21,15 @@ from strategies.replies import CheckedReplies
 from strategies.robust import RobustStrategy
 
 
-def clip_threshold(server_round: int, c: CRFLConfig) -> float:
+def clip_threshold(server_round: int, crfl: CRFLConfig) -> float:
     """rho_t = min(rho, rho_start + rho_growth * t)."""
-    return min(c.rho, c.rho_start + c.rho_growth * server_round)
+    return crfl.clip_threshold(server_round)
 
 
-def noise_std(server_round: int, num_rounds: int, c: CRFLConfig) -> float:
-    """sigma_t: `c.sigma` before the last round, 0 in it (its noise is sigma_T at test time)."""
-    return c.sigma if server_round < num_rounds else 0.0
+def server_sigma(server_round: int, num_rounds: int, crfl: CRFLConfig) -> float:
+    """sigma_t, the std of the noise the server adds to the model in round t: `crfl.sigma`
+    before the last round, 0 in it (its noise is sigma_T, the smoothing at test time)."""
+    return crfl.sigma if server_round < num_rounds else 0.0
 
 
 def clip_norm(w: torch.Tensor, rho: float) -> torch.Tensor:
@@ -42,8 +43,9 @@ def clip_and_perturb(
 ) -> torch.Tensor:
     """CRFL's server step on a flat parameter vector: clip_norm(w, rho) + N(0, sigma^2 I).
 
-    >>> g = torch.Generator().manual_seed(0)
-    >>> float(clip_and_perturb(torch.full((4,), 3.0), rho=2.0, sigma=0.0, generator=g).norm())
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> w = torch.full((4,), 3.0)
+    >>> float(clip_and_perturb(w, rho=2.0, sigma=0.0, generator=generator).norm())
     2.0
     """
     noise = torch.randn(w.shape, generator=generator, dtype=w.dtype)
@@ -61,10 +63,10 @@ class CRFLStrategy(RobustStrategy):
     def aggregate_models(self, checked: CheckedReplies, server_round: int) -> ArrayRecord:
         """Aggregate as the robust rule does, then clip to rho_t and add sigma_t noise."""
         candidate = super().aggregate_models(checked, server_round)
-        c = self.cfg.crfl
+        crfl = self.cfg.crfl
         w = flatten_record(candidate, self.layout)
-        rho = clip_threshold(server_round, c)
-        sigma = noise_std(server_round, self.cfg.num_rounds, c)
+        rho = clip_threshold(server_round, crfl)
+        sigma = server_sigma(server_round, self.cfg.num_rounds, crfl)
         generator = torch_generator(self.cfg.seed, "crfl-noise", server_round)
         stepped = clip_and_perturb(w, rho, sigma, generator)
         log(INFO, "[certfl] crfl round %d: norm %.3f clipped to rho_t %.3f, noise sigma_t %g",

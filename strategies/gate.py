@@ -1,5 +1,5 @@
 """`CertificationGate`: wraps any Flower message-API strategy and skips every round whose
-candidate model fails the acceptance rule (strategies/gate_rule.py), so that the global model
+candidate model fails the acceptance rule (core/gate_rule.py), so that the global model
 stays exactly as it was.
 
 Before the first round the gate measures the model the run starts from (round 0), so that every
@@ -26,8 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from core.config import GateConfig
-from strategies.gate_measure import Measurer, MeasureResult
-from strategies.gate_rule import (
+from core.gate_rule import (
     Check,
     Decision,
     GateState,
@@ -38,6 +37,7 @@ from strategies.gate_rule import (
     rule_bounds,
     with_initial,
 )
+from strategies.gate_measure import Measurer, MeasureResult
 
 STATE_VERSION = 1
 
@@ -89,7 +89,9 @@ class GateReport:
 
     @property
     def failed(self) -> tuple[str, ...]:
-        return tuple(f"{c.metric} {c.criterion}" for c in self.checks if not c.passed)
+        return tuple(
+            f"{check.metric} {check.criterion}" for check in self.checks if not check.passed
+        )
 
     def to_record(self) -> dict[str, Any]:
         """The `gate` object of the round record (server/run_store.py)."""
@@ -102,20 +104,20 @@ class GateReport:
             "samples": dict(self.samples),
             "early": self.early,
             "reference": {  # what each metric's relative bound derives from (not a ceiling's)
-                c.metric: c.reference
-                for c in self.checks
-                if c.reference is not None and c.criterion not in ("ceiling", "floor")
+                check.metric: check.reference
+                for check in self.checks
+                if check.reference is not None and check.criterion not in ("ceiling", "floor")
             },
             "checks": [
                 {
-                    "metric": c.metric,
-                    "value": c.value,
-                    "reference": c.reference,
-                    "bound": c.bound,
-                    "criterion": c.criterion,
-                    "passed": c.passed,
+                    "metric": check.metric,
+                    "value": check.value,
+                    "reference": check.reference,
+                    "bound": check.bound,
+                    "criterion": check.criterion,
+                    "passed": check.passed,
                 }
-                for c in self.checks
+                for check in self.checks
             ],  # fmt: skip
             "failed": list(self.failed),
             "timings": dict(self.timings),
@@ -132,7 +134,7 @@ def decision_line(report: GateReport) -> str:
     verdict = "accepted" if report.accepted else "SKIPPED"
     phase = " (warm-up)" if report.warmup else ""
     early = f" [early: {report.early}]" if report.early else ""
-    checks = "; ".join(c.describe() for c in report.checks) or "no checks"
+    checks = "; ".join(check.describe() for check in report.checks) or "no checks"
     shadow = "".join(f" | {s.rule}: {'accept' if s.accepted else 'skip'}" for s in report.shadow)
     return (
         f"[certfl] gate round {report.round} ({report.rule}): {verdict}{phase} in "
@@ -187,12 +189,12 @@ class CertificationGate(Strategy):
 
     def summary(self) -> None:
         self.inner.summary()
-        g = self.cfg
+        gate = self.cfg
         log(INFO, "\t└──> certification gate: rule %s%s, L_crt %s, metrics %s, window %d, "
-            "scheduler %s (%d workers, early verdict %s)", g.rule,
-            f" (shadow: {','.join(g.shadow_rules)})" if g.shadow_rules else "",
-            ",".join(f"{e:g}" for e in g.l_crt), ",".join(g.metrics), g.window, g.scheduler,
-            g.workers, g.early_verdict)  # fmt: skip
+            "scheduler %s (%d workers, early verdict %s)", gate.rule,
+            f" (shadow: {','.join(gate.shadow_rules)})" if gate.shadow_rules else "",
+            ",".join(f"{e:g}" for e in gate.l_crt), ",".join(gate.metrics), gate.window,
+            gate.scheduler, gate.workers, gate.early_verdict)  # fmt: skip
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

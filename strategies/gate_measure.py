@@ -36,7 +36,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,16 +44,16 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from attacks.evasion import PGDConfig, pgd, pgd_evaluate
 from certify import certify_dataset
-from certify.metrics import chunk_size
+from certify.metrics import certification_metrics, chunk_size
 from certify.trace import trace
 from core.config import GateConfig, RunConfig
 from core.data import ImageSet, to_float
+from core.evasion import PGDConfig, pgd, pgd_evaluate
+from core.gate_rule import Bound
 from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
-from strategies.gate_rule import Bound
 
 # certification chunks of a single-threaded worker: small enough to stay near its core's caches
 SINGLE_THREAD_CHUNK_BYTES = 32 * 2**20
@@ -75,27 +75,6 @@ class Measurer(Protocol):
     def __call__(
         self, arrays: ArrayRecord, server_round: int, bounds: Sequence[Bound] = ()
     ) -> MeasureResult: ...
-
-
-def certification_metrics(
-    model: nn.Module,
-    data: ImageSet,
-    radii: Iterable[float],
-    method: str = "zonotope",
-    budget_mb: int = 256,
-    sound_fp: bool = False,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """`cert_acc@<eps>` and `cert_loss@<eps>` (CFAT Eq. 1 and 3) of `model` on `data`."""
-    x, y = data.tensors(device)
-    metrics = {}
-    for eps in radii:
-        result = certify_dataset(
-            model, x, y, eps, method=method, budget_bytes=budget_mb * 2**20, sound_fp=sound_fp
-        )
-        metrics[f"cert_acc@{eps:g}"] = result.certified_accuracy
-        metrics[f"cert_loss@{eps:g}"] = float(result.certified_loss)
-    return metrics
 
 
 @contextlib.contextmanager
@@ -209,8 +188,8 @@ class CandidateMeasurer:
 
     @property
     def l_adv(self) -> float:
-        g = self.cfg.gate
-        return self.cfg.train.adv_eps if g.l_adv < 0 else g.l_adv
+        """L_adv of the validation PGD (its sentinel was resolved when the config was parsed)."""
+        return self.gate.l_adv
 
     def _attack(self) -> PGDConfig:
         return PGDConfig(eps=self.l_adv, steps=self.gate.pgd_steps, restarts=self.gate.pgd_restarts)
@@ -226,19 +205,25 @@ class CandidateMeasurer:
 
     def _serial(self, server_round: int) -> MeasureResult:
         """One pass per check on torch's threads (the gate's original path)."""
-        g, start = self.gate, time.perf_counter()
-        clean = evaluate(self.model, self.val, g.batch_size, device=self.device)
+        gate, start = self.gate, time.perf_counter()
+        clean = evaluate(self.model, self.val, gate.batch_size, device=self.device)
         seconds = {"clean": time.perf_counter() - start}
         generator = torch_generator(self.cfg.seed, "gate-pgd", server_round)
         t = time.perf_counter()
         attack = self._attack()
-        adv = pgd_evaluate(self.model, self.val, attack, g.batch_size, generator, self.device)
+        adv = pgd_evaluate(self.model, self.val, attack, gate.batch_size, generator, self.device)
         seconds["pgd"] = time.perf_counter() - t
         metrics = {"clean_acc": clean.accuracy, "pgd_acc": adv.accuracy}
-        for eps in g.l_crt:
+        for eps in gate.l_crt:
             t = time.perf_counter()
             metrics |= certification_metrics(
-                self.model, self.cert, (eps,), g.method, g.budget_mb, g.sound_fp, self.device
+                self.model,
+                self._cert_x,
+                self._cert_y,
+                (eps,),
+                gate.method,
+                gate.budget_mb * 2**20,
+                gate.sound_fp,
             )
             seconds[f"cert@{eps:g}"] = time.perf_counter() - t
         seconds["wall"] = time.perf_counter() - start
@@ -247,16 +232,16 @@ class CandidateMeasurer:
 
     def _tasks(self, server_round: int) -> list[tuple[str, object]]:
         """Clean accuracy first, then PGD blocks and certification slices, interleaved."""
-        g = self.gate
+        gate = self.gate
         pgd_blocks = [
-            ("pgd", (i, self._val_order[s : s + g.batch_size]))
-            for i, s in enumerate(range(0, len(self.val), g.batch_size))
+            ("pgd", (i, self._val_order[s : s + gate.batch_size]))
+            for i, s in enumerate(range(0, len(self.val), gate.batch_size))
         ]
         steps = trace(self.model)
         cert_tasks = []
-        for eps in g.l_crt:
+        for eps in gate.l_crt:
             chunk = chunk_size(
-                steps, self._cert_x, eps, g.method, g.budget_mb * 2**20, g.sound_fp,
+                steps, self._cert_x, eps, gate.method, gate.budget_mb * 2**20, gate.sound_fp,
                 cpu_bytes=SINGLE_THREAD_CHUNK_BYTES, cpu_min=1,
             )  # fmt: skip
             # a slice holds several chunks, so each task is long next to the queue's overhead
@@ -271,13 +256,13 @@ class CandidateMeasurer:
         return [("clean", None), *merged]
 
     def _pool(self, server_round: int, bounds: Sequence[Bound]) -> MeasureResult:
-        g, start = self.gate, time.perf_counter()
+        gate, start = self.gate, time.perf_counter()
         tasks = self._tasks(server_round)
         n_val, n_cert = len(self.val), len(self.cert)
         tallies = {"clean": _Tally(n_val), "pgd": _Tally(n_val)}
-        tallies |= {f"cert@{eps:g}": _Tally(n_cert) for eps in g.l_crt}
+        tallies |= {f"cert@{eps:g}": _Tally(n_cert) for eps in gate.l_crt}
         looks = sum(1 for kind, _ in tasks if kind == "pgd")
-        progress = _Progress(tallies, bounds, bool(bounds), g.early_delta, looks)
+        progress = _Progress(tallies, bounds, bool(bounds), gate.early_delta, looks)
         queue = iter(tasks)
         queue_lock = threading.Lock()
 
@@ -295,7 +280,7 @@ class CandidateMeasurer:
                     self._run_task(model, kind, arg, server_round, progress)
 
         with torch_threads(1):
-            threads = [threading.Thread(target=work) for _ in range(g.workers)]
+            threads = [threading.Thread(target=work) for _ in range(gate.workers)]
             for th in threads:
                 th.start()
             for th in threads:
@@ -319,10 +304,10 @@ class CandidateMeasurer:
             progress.add(kind, len(y), hits, 0.0, time.perf_counter() - t)
         else:
             eps, part, chunk = arg  # type: ignore[misc]
-            g = self.gate
+            gate = self.gate
             r = certify_dataset(
-                model, self._cert_x[part], self._cert_y[part], eps, method=g.method,
-                budget_bytes=g.budget_mb * 2**20, sound_fp=g.sound_fp, chunk=chunk,
+                model, self._cert_x[part], self._cert_y[part], eps, method=gate.method,
+                budget_bytes=gate.budget_mb * 2**20, sound_fp=gate.sound_fp, chunk=chunk,
             )  # fmt: skip
             n = len(r.correct)
             hits = int((r.certified & r.correct).sum())

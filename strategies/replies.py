@@ -20,8 +20,8 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 
 from core.params import InvalidReply, Layout, flatten_checked
+from core.wire import NUM_EXAMPLES
 
-NUM_EXAMPLES = "num-examples"
 NO_REPLY = 1000  # error code of the stand-in reply for a node that missed the round deadline
 # replies that never came from the node: it was lost, not wrong
 LOST = {

@@ -27,6 +27,7 @@ from core.config import AggregationConfig, ConfigError, RunConfig
 from core.params import Layout, flatten_record, record_to_numpy, unflatten_to_record
 from core.privacy import central_noise_std, clip_rows, noise
 from core.seeds import derive_seed, torch_generator
+from core.wire import ARRAYS, CONFIG, NUM_EXAMPLES, SERVER_ROUND
 from strategies.aggregators import RULES, check_precondition
 from strategies.replies import CheckedReplies, Failure, canonical_order, check_replies, is_lost
 
@@ -122,6 +123,9 @@ class RobustStrategy(FedAvg):
             fraction_evaluate=0.0,  # the server evaluates centrally
             min_train_nodes=k,
             min_available_nodes=required_nodes(cfg),
+            weighted_by_key=NUM_EXAMPLES,
+            arrayrecord_key=ARRAYS,
+            configrecord_key=CONFIG,
         )
         self.cfg = cfg
         self.rule = RULES[cfg.agg.rule]
@@ -133,11 +137,11 @@ class RobustStrategy(FedAvg):
 
     def summary(self) -> None:
         """Log the rule and sampling in place of FedAvg's fraction-based summary."""
-        a = self.cfg.agg
+        agg = self.cfg.agg
         log(
             INFO,
             "\t├──> rule %s (f=%d, beta=%.2f, m=%d, tau=%g, noise-std=%g, weighting=%s)",
-            a.rule, a.f, a.beta, a.m, a.tau, a.noise_std, a.weighting,
+            agg.rule, agg.f, agg.beta, agg.m, agg.tau, agg.noise_std, agg.weighting,
         )  # fmt: skip
         log(
             INFO,
@@ -163,7 +167,7 @@ class RobustStrategy(FedAvg):
             list(grid.get_node_ids()), self.min_train_nodes, self.cfg.seed, server_round
         )
         self.begin_round(server_round, arrays, sampled=len(chosen), nodes=chosen)
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(content, chosen, MessageType.TRAIN)
 

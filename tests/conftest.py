@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from attacks.registry import load_policies
 from core.models import InputSpec, build_model
 from core.params import model_to_record
+from core.wire import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
+load_policies()  # as the apps do before they parse: the policies' names and `attack.*` keys
 
 # 4x4 single-channel inputs, 3 classes: small enough for strategy tests to aggregate in ms
 TINY_SPEC = InputSpec(1, 4, 4, 3, (0.5,), (0.25,))
@@ -27,12 +30,12 @@ def tiny_template(seed: int = 0) -> ArrayRecord:
 def train_reply(node: int, arrays: dict[str, np.ndarray] | None, n: object = 10) -> Message:
     """A train reply from `node` carrying `arrays` (None: an error reply) and `num-examples` = n
     (None: no `num-examples` metric at all)."""
-    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train")
+    sent = Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=node, message_type="train")
     if arrays is None:
         return Message(Error(code=0, reason="client crashed"), reply_to=sent)
-    metrics = MetricRecord({"num-examples": n}) if n is not None else MetricRecord({"loss": 1.0})
+    metrics = MetricRecord({NUM_EXAMPLES: n}) if n is not None else MetricRecord({"loss": 1.0})
     record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=sent)
+    return Message(RecordDict({ARRAYS: record, METRICS: metrics}), reply_to=sent)
 
 
 def _data_dir() -> Path:

@@ -13,10 +13,10 @@ import torch
 from flwr.app import ArrayRecord
 
 from attacks.collusion import Coalition, CollusionChannel
-from attacks.evasion import PGDConfig, pgd, pgd_evaluate
 from attacks.updates import global_vector, layout_of, vector_model
 from core.config import NodeConfig, RunConfig
 from core.data import ImageSet, load_splits
+from core.evasion import PGDConfig, pgd, pgd_evaluate
 from core.job import LocalJob, LocalResult
 from core.models import build_model
 from core.params import flatten_record, model_to_record, state_to_record
@@ -32,6 +32,8 @@ BASE = {
     "data.n-val": 500,
     "data.max-client-samples": 300,
     "train.clients-per-round": 5,
+    "train.local-epochs": 1,
+    "train.momentum": 0.0,
     "train.adv-eps": 0.1,
     "train.adv-steps": 5,
 }
@@ -40,7 +42,7 @@ EPS = 0.1  # the L-inf budget of training and of the PGD evaluation
 
 def config(**flat: Any) -> RunConfig:
     """The tiny run config with overrides as keywords: train__local_epochs=2 for
-    train.local-epochs=2."""
+    train.local-epochs=2 (an `attack.*` key needs roles__attack naming a policy that reads it)."""
     keys = {k.replace("__", ".").replace("_", "-"): v for k, v in flat.items()}
     return RunConfig.from_flat({**BASE, **keys})
 

@@ -17,14 +17,42 @@ from attacks.adaptive_cert import (
     refine_for_certification,
 )
 from attacks.distillation import train_at_temperature
-from attacks.evasion import PGDConfig, pgd, pgd_evaluate
 from certify import certify_dataset
-from core.config import DataConfig
-from core.data import load_splits, to_float
+from core.config import DataConfig, GateConfig
+from core.data import ImageSet, load_splits, to_float
+from core.evasion import PGDConfig, pgd, pgd_evaluate
+from core.gate_rule import GateState, Measurement, rule_bounds
 from core.models import build_model
 from core.training import SGDConfig, train
+from tests.conftest import TINY_SPEC
 
 L_CRT = 0.03
+
+
+def test_gate_targets_are_the_bounds_the_gates_cfat_rule_sets() -> None:
+    """The attacker's targets are what the gate's own rule derives when the reference model,
+    as measured on the certification set, is the last accepted one."""
+    gen = torch.Generator().manual_seed(0)
+    cert = ImageSet(torch.randint(0, 256, (12, 1, 4, 4), generator=gen, dtype=torch.uint8),
+                    torch.randint(0, 3, (12,), generator=gen))  # fmt: skip
+    reference = build_model("mlp", TINY_SPEC, seed=0)
+    gate = GateConfig(l_crt=(0.01, 0.05), acc_ratio=0.8, loss_growth=0.2, loss_slack=0.01)
+    x, y = to_float(cert.x), cert.y
+    measured = {}
+    for eps in gate.l_crt:
+        r = certify_dataset(reference, x, y, eps)
+        measured |= {f"cert_acc@{eps:g}": r.certified_accuracy,
+                     f"cert_loss@{eps:g}": float(r.certified_loss)}  # fmt: skip
+    measured |= {"clean_acc": 1.0, "pgd_acc": 1.0}
+    state = GateState(accepted=(Measurement.of(1, measured),))
+    rule = rule_bounds("cfat", state, gate, server_round=gate.warmup_rounds + 1)
+    bound = {(b.metric, b.kind): b.bound for b in rule.bounds if b.criterion != "floor"}
+    targets = gate_targets(reference, cert, gate)
+    assert [t.eps for t in targets] == [0.01, 0.05]
+    for t in targets:
+        assert t.max_loss == bound[(f"cert_loss@{t.eps:g}", "max")]
+        assert t.min_acc == bound[(f"cert_acc@{t.eps:g}", "min")]
+    assert targets[1].max_loss == 1.2 * measured["cert_loss@0.05"] + 0.01
 
 
 def test_radius_schedule_grows_from_the_start_radius_to_l_crt() -> None:
@@ -44,7 +72,8 @@ def test_adaptive_model_passes_the_certification_check_and_keeps_its_masking(
     honest = build_model("mlp", splits.spec, seed=0)  # the defender's last accepted model
     attack = PGDConfig(eps=0.1, steps=5)
     train(honest, data, SGDConfig(3, 32, 0.05, 0.9), g, lambda m, x, y: pgd(m, x, y, attack, g))
-    targets = gate_targets(honest, cert, (L_CRT,), acc_ratio=0.9, loss_growth=0.1, loss_slack=0)
+    gate = GateConfig(l_crt=(L_CRT,), acc_ratio=0.9, loss_growth=0.1, loss_slack=0.0)
+    targets = gate_targets(honest, cert, gate)
 
     teacher, student = (build_model("mlp", splits.spec, seed=1) for _ in "ts")
     train_at_temperature(teacher, data, 100.0, 10, 3e-3, g)

@@ -24,13 +24,13 @@ from attack_jobs import (
 )
 from flwr.app import ArrayRecord
 
-from attacks.adversarial_training import benign_train
 from attacks.aru import load_nonrobust
 from attacks.aru_extract import wrong_labels
 from attacks.collusion import Coalition
 from attacks.registry import policy
 from attacks.updates import global_vector
 from client.local import benign_update
+from core.adversarial_training import benign_train
 from core.config import ConfigError, RunConfig
 
 COLLUDERS = [0, 1]
@@ -92,7 +92,7 @@ def test_aru_replaces_with_a_non_robust_model_every_round(data_dir: Path, tmp_pa
 
 @pytest.mark.slow
 def test_aru_extract_blends_in_for_e_rounds_then_replaces(data_dir: Path, tmp_path: Path) -> None:
-    cfg = config(attack__extract_rounds=3, attack__extract_epochs=3)
+    cfg = config(roles__attack="aru-extract", attack__extract_rounds=3, attack__extract_epochs=3)
     arrays = robust_arrays()
     for server_round in (1, 2):  # rounds 1 and 2 of E = 3: each reply is exactly a benign one
         for me, u in _updates(tmp_path, cfg, "aru-extract", server_round, arrays).items():

@@ -7,17 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.adversarial_training import benign_train
 from attacks.backdoor import (
     apply_trigger,
     backdoor,
-    backdoor_target,
     poison_batch,
     stripe_trigger,
-    trigger_magnitude,
     trigger_success,
 )
 from attacks.collusion import Coalition
+from core.adversarial_training import benign_train
 from core.config import ConfigError, NodeConfig, RunConfig
 from core.data import load_splits
 from core.job import LocalJob
@@ -44,11 +42,14 @@ def test_stripe_trigger_is_vertical_stripes_bounded_in_linf() -> None:
 
 
 def test_magnitude_and_target_defaults_and_checks() -> None:
-    assert trigger_magnitude(RunConfig.from_flat({})) == 0.1
-    assert trigger_magnitude(RunConfig.from_flat({"data.dataset": "cifar10"})) == 6 / 255
-    assert trigger_magnitude(RunConfig.from_flat({"attack.trigger-magnitude": 0.05})) == 0.05
+    def magnitude(**flat: object) -> float:
+        return RunConfig.from_flat({"roles.attack": "backdoor", **flat}).attack.trigger_magnitude
+
+    assert magnitude() == 0.1
+    assert magnitude(**{"data.dataset": "cifar10"}) == 6 / 255
+    assert magnitude(**{"attack.trigger-magnitude": 0.05}) == 0.05
     with pytest.raises(ConfigError, match=r"'attack.backdoor-target' = 10: must be < 10"):
-        backdoor_target(RunConfig.from_flat({"attack.backdoor-target": 10}), SPEC)
+        RunConfig.from_flat({"roles.attack": "backdoor", "attack.backdoor-target": 10})
 
 
 def test_poison_batch_triggers_and_relabels_the_configured_share() -> None:
@@ -75,6 +76,7 @@ def test_backdoor_policy_learns_the_trigger_and_keeps_clean_accuracy(data_dir: P
             "train.mode": "pgd",
             "train.adv-eps": 0.05,
             "train.adv-steps": 3,
+            "roles.attack": "backdoor",
             "attack.poison-fraction": 0.4,
         }
     )
@@ -84,7 +86,7 @@ def test_backdoor_policy_learns_the_trigger_and_keeps_clean_accuracy(data_dir: P
     train(start, warmup, SGDConfig(3, 32, 0.05, 0.9), torch.Generator().manual_seed(0))
     job = LocalJob(cfg, NodeConfig(partition_id=0, num_partitions=50), model_to_record(start), 1)
     test = splits.test.subset(slice(0, 500))
-    trigger = stripe_trigger(splits.spec, trigger_magnitude(cfg))
+    trigger = stripe_trigger(splits.spec, cfg.attack.trigger_magnitude)
 
     result = backdoor(job, Coalition.alone(1, 0))
     metrics = result.metrics

@@ -21,12 +21,12 @@ from attack_jobs import (
     update,
 )
 
-from attacks.adversarial_training import benign_train
 from attacks.byzantine import alie, alie_z
 from attacks.collusion import Coalition
-from attacks.registry import known_policies, policy
+from attacks.registry import load_policies, policy
 from attacks.updates import global_vector, model_update
 from client.local import benign_update
+from core.adversarial_training import benign_train
 from core.config import RunConfig
 from core.job import LocalJob
 from strategies.aggregators import coordinate_median
@@ -64,6 +64,7 @@ def _own_update(pid: int) -> torch.Tensor:
 
 def _attack(root: Path, name: str, **flat: object) -> list[torch.Tensor]:
     """The three colluders' updates under policy `name` (alone or as one coalition)."""
+    flat = {"roles__attack": name, **flat}
 
     def run(me: int, c: Coalition) -> torch.Tensor:
         return update(_job(me, **flat), policy(name).run(_job(me, **flat), c))
@@ -88,7 +89,7 @@ def _losses(attacked: list[torch.Tensor]) -> dict[str, float]:
 
 def test_policies_are_registered() -> None:
     names = {"replace", "aru", "aru-extract", "sign-flip", "gaussian", "alie", "ipm"}
-    assert names <= set(known_policies())
+    assert names <= set(load_policies())
     partners = {"replace", "aru", "aru-extract", "alie", "ipm"}
     assert {n for n in names if policy(n).coalition} == partners
 

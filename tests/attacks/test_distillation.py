@@ -6,18 +6,23 @@ from pathlib import Path
 
 import torch
 
-from attacks.distillation import distill, distillation_temperature
-from attacks.evasion import PGDConfig, pgd_evaluate
+from attacks.distillation import distill
 from core.config import DataConfig, RunConfig
 from core.data import load_splits
+from core.evasion import PGDConfig, pgd_evaluate
 from core.models import build_model
 from core.training import SGDConfig, evaluate, train
 
 
 def test_dataset_default_temperatures_follow_the_paper() -> None:
-    assert distillation_temperature(RunConfig()) == 100.0
-    assert distillation_temperature(RunConfig.from_flat({"data.dataset": "cifar10"})) == 25.0
-    assert distillation_temperature(RunConfig.from_flat({"attack.distill-temperature": 7})) == 7
+    def temperature(**flat: object) -> float:
+        return RunConfig.from_flat(
+            {"roles.attack": "distillation", **flat}
+        ).attack.distill_temperature
+
+    assert temperature() == 100.0
+    assert temperature(**{"data.dataset": "cifar10"}) == 25.0
+    assert temperature(**{"attack.distill-temperature": 7}) == 7
 
 
 def test_distilled_model_masks_gradients_until_pgd_uses_the_temperature(data_dir: Path) -> None:

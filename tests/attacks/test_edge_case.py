@@ -45,7 +45,9 @@ def test_edge_case_data_and_the_authors_attacker_set(data_dir: Path) -> None:
     gens = (torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     mixed = attacker_set(clean, edge, RunConfig.from_flat({}).attack, *gens)
     assert (int((mixed.y == 1).sum()), int((mixed.y == 5).sum())) == (66, 100)  # as the authors
-    chosen = RunConfig.from_flat({"attack.edge-samples": 30, "attack.edge-fraction": 0.75}).attack
+    chosen = RunConfig.from_flat(
+        {"roles.attack": "edge-case", "attack.edge-samples": 30, "attack.edge-fraction": 0.75}
+    ).attack
     mixed = attacker_set(clean, edge, chosen, *gens)
     assert (int((mixed.y == 1).sum()), int((mixed.y == 5).sum())) == (30, 10)
     with pytest.raises(ConfigError, match="attack.edge-fraction"):
@@ -67,6 +69,7 @@ def start(data_dir: Path) -> tuple[RunConfig, ImageSet, nn.Module]:
         "train.lr": 0.05,
         "train.momentum": 0.9,
         "train.clients-per-round": 5,
+        "roles.attack": "edge-case",
     }
     splits = load_splits(RunConfig.from_flat(cfg).data)
     model = build_model("mlp", splits.spec, seed=0)

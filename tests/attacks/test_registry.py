@@ -1,4 +1,5 @@
-"""Attack policies are found by name; a bad `roles.attack` fails at start naming the key."""
+"""Attack policies are found by name; a bad `roles.attack` or node role fails at parse time,
+naming the key, the value and the registered policies."""
 
 from __future__ import annotations
 
@@ -6,21 +7,24 @@ import pytest
 import torch
 
 from attacks.logit_scaling import scale_last_layer
-from attacks.registry import check_run_roles, known_policies, policy
-from core.config import ConfigError, RunConfig
+from attacks.registry import load_policies, policy
+from core.config import ConfigError, NodeConfig, RunConfig
 from core.models import InputSpec, build_model
 
 SPEC = InputSpec(1, 16, 16, 4, (0.5,), (0.25,))
 
 
-def test_unknown_attack_fails_at_start_naming_key_value_and_allowed() -> None:
-    cfg = RunConfig.from_flat({"roles.attack": "evil", "roles.malicious-fraction": 0.2})
-    with pytest.raises(ConfigError, match=r"'roles\.attack' = 'evil'.*logit-scaling"):
-        check_run_roles(cfg)
-    check_run_roles(RunConfig.from_flat({"roles.attack": "logit-scaling"}))
-    with pytest.raises(ConfigError, match="unknown attack policy"):
+def test_unknown_policies_fail_at_parse_naming_key_value_and_allowed() -> None:
+    with pytest.raises(ConfigError, match=r"'roles\.attack' = 'evil'.*allowed: .*logit-scaling"):
+        RunConfig.from_flat({"roles.attack": "evil", "roles.malicious-fraction": 0.2})
+    assert RunConfig.from_flat({"roles.attack": "logit-scaling"}).roles.attack == "logit-scaling"
+    with pytest.raises(ConfigError, match=r"'role' = 'attack:evil'.*'evil'.*allowed: .*replace"):
+        NodeConfig.from_flat({"partition-id": 0, "num-partitions": 2, "role": "attack:evil"})
+    node = NodeConfig.from_flat({"partition-id": 0, "num-partitions": 2, "role": "attack:alie"})
+    assert node.role == "attack:alie"
+    with pytest.raises(ConfigError, match="unknown policy"):
         policy("evil")
-    assert "logit-scaling" in known_policies()
+    assert "logit-scaling" in load_policies()
 
 
 def test_logit_scaling_keeps_predictions_and_scales_logits() -> None:

@@ -22,7 +22,7 @@ def _round(root: Path, **flat: object) -> tuple[LocalJob, torch.Tensor, list[tor
     """One round of 5 clients: the colluders replace, the benign clients are near convergence
     (a learning rate 1000x smaller: updates close to zero). Returns the leader's job, R and the
     five updates, colluders first."""
-    cfg = config(train__mode="sgd", **flat)
+    cfg = config(train__mode="sgd", roles__attack="replace", **flat)
     arrays = initial_arrays(cfg, sgd_epochs=1)
     replace = policy("replace")
     assert replace.coalition  # needs its partners: always goes through the rendezvous
@@ -32,7 +32,7 @@ def _round(root: Path, **flat: object) -> tuple[LocalJob, torch.Tensor, list[tor
         return update(make_job(cfg, me, arrays), result)
 
     attacked = run_colluders(root, COLLUDERS, collude)
-    calm = config(train__mode="sgd", train__lr=5e-5, **flat)
+    calm = config(train__mode="sgd", train__lr=5e-5, roles__attack="replace", **flat)
     benign = [update(make_job(calm, p, arrays), benign_update(make_job(calm, p, arrays)))
               for p in BENIGN]  # fmt: skip
     leader = make_job(cfg, COLLUDERS[0], arrays)

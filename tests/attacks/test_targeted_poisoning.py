@@ -66,7 +66,8 @@ def _job(data_dir: Path, **overrides: object) -> LocalJob:
     cfg = RunConfig.from_flat({
         "data.dir": str(data_dir), "data.n-val": 100, "data.max-client-samples": 96,
         "model.name": "mlp", "train.mode": "sgd", "train.lr": 0.05, "train.batch-size": 16,
-        "roles.attack": "targeted-poisoning", "attack.tp-n-images": 2, **overrides,
+        "train.local-epochs": 1, "train.momentum": 0.0, "roles.attack": "targeted-poisoning",
+        "attack.tp-n-images": 2, **overrides,
     })  # fmt: skip
     net = build_model("mlp", load_splits(cfg.data).spec, seed=0)
     return LocalJob(cfg, NodeConfig(partition_id=0, num_partitions=50), model_to_record(net), 2)

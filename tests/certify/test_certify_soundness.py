@@ -7,8 +7,8 @@ from certify_helpers import architectures, pgd_extremes, region_points
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attacks.evasion import PGDConfig, pgd
 from certify import certified_margins, certify_dataset, linf_region, output_bounds
+from core.evasion import PGDConfig, pgd
 from core.models import InputSpec, build_model
 
 TOL = 1e-9  # float64 analysis and float64 network: only rounding separates them

@@ -34,7 +34,8 @@ def test_constants_are_derived_from_the_run_unless_set() -> None:
     assert c.sigma_adv == 0.01 and c.lz == pytest.approx(math.sqrt(2 + 2 * 3 + 9))  # rho_10 = 3
     assert c.contraction == 1.0  # rho_t / sigma_t >= 300 in every later round
     assert "round(roles.malicious-fraction x 10)" in notes["n_attackers"]
-    assert "attack window is rounds 10..the end" in notes["t_adv"]  # attack-end-round 0: no end
+    assert notes["t_adv"].startswith("10 (roles.attack-start-round)") and notes["lr"] == "train.lr"
+    assert "attack window is rounds 10..20" in notes["t_adv"]  # attack-end-round 0: no end
     assert "agg.rule is 'median'" in notes["agg_weight"]  # p_i = 1/K is FedAvg's weight
     one_round = {**FLAT, "roles.attack-end-round": 10, "agg.rule": "mean"}
     notes = radius_constants(RunConfig.from_flat(one_round), ROUNDS)[1]
@@ -52,12 +53,16 @@ def test_constants_are_derived_from_the_run_unless_set() -> None:
     assert (c.n_attackers, c.agg_weight, c.gamma, c.local_iters, c.lr, c.poison_fraction,
             c.lz) == (3, 0.5, 10.0, 7, 0.001, 0.05, 2.0)  # fmt: skip
     assert c.sigma_adv == 0.01 and notes["sigma_adv"].startswith("crfl.sigma-test")
+    assert notes["t_adv"].startswith("20 (crfl.t-adv)") and notes["lz"] == "crfl.lz"
+    assert notes["n_attackers"] == "crfl.n-attackers" and notes["lr"] == "crfl.lr"
     assert c.contraction == 1.0 and notes["contraction"] == "no round after t_adv"
 
     with pytest.raises(ConfigError, match="'crfl.t-adv' resolves to 21"):
         radius_constants(RunConfig.from_flat({**FLAT, "crfl.t-adv": 21}), ROUNDS)
-    with pytest.raises(ConfigError, match="set crfl.local-iters"):
-        radius_constants(RunConfig.from_flat(FLAT), [])
+    with pytest.raises(ConfigError, match="set crfl.local-iters"):  # no count known at all
+        radius_constants(RunConfig.from_flat({**FLAT, "data.max-client-samples": 0}), [])
+    capped = RunConfig.from_flat({**FLAT, "data.max-client-samples": 120})
+    assert radius_constants(capped, [])[0].local_iters == 2 * math.ceil(120 / 50)
 
 
 def _run_dir(tmp_path: Path, data_dir: Path) -> Path:

@@ -16,11 +16,11 @@ from cli.report_page import experiment_html, experiment_markdown, format_value
 from cli.results import collect, results_document
 from cli.scenario import load_scenario, plan
 from core.config import RunConfig
+from core.gate_rule import Check
 from server.app import round_record as server_round_record
 from server.rounds import RoundOutcome
 from server.run_store import ROUND_SCHEMA_VERSION
 from strategies.gate import GateReport, ShadowVerdict
-from strategies.gate_rule import Check
 from strategies.robust import RoundReport
 
 ATTACKS = [3, 5]  # rounds in which the colluders attacked

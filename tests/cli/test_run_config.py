@@ -77,6 +77,9 @@ def test_the_toml_file_reads_back_as_the_same_overrides(tmp_path_factory, flat: 
         (["--supernodes", "0"], ["--supernodes", "0"]),
         (["--resume", "/nowhere/run"], ["--resume /nowhere/run", "launch.json"]),
         (["--heartbeat-interval", "5"], ["--heartbeat-interval = 5", "10 to 1800"]),
+        (["--tls", "--intruders", "keyless"], ["--intruders needs --auth"]),
+        (["--credentials", "/nowhere/creds"], ["--credentials needs --tls or --auth"]),
+        (["--auth", "--intruders", "sneaky"], ["'sneaky'", "unregistered, keyless"]),
     ],
 )
 def test_launch_refuses_bad_input_before_starting_anything(

@@ -129,6 +129,12 @@ def test_a_run_config_the_app_rejects_fails_before_running(tmp_path: Path) -> No
     p = plan(load_scenario("demo", write(tmp_path, no_policy)))
     with pytest.raises(ScenarioError, match="'roles.attack' = 'sign-flop': unknown policy"):
         validate_plan(p)
+    # an attack key shared by every arm, though sign-flip's arm does not read it
+    unread = MINIMAL.replace('"num-rounds" = 2', '"num-rounds" = 2\n"attack.distill-epochs" = 3')
+    p = plan(load_scenario("demo", write(tmp_path, unread)))
+    with pytest.raises(ScenarioError, match="run mean__sign-flip__seed0: .*'attack.distill-epochs"
+                       "' = 3 is not read by policy 'sign-flip'"):  # fmt: skip
+        validate_plan(p)
 
 
 def test_missing_scenario_lists_the_known_ones(tmp_path: Path) -> None:

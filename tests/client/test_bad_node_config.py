@@ -12,6 +12,7 @@ from flwr.common.config import flatten_dict
 
 from client.app import train
 from core.params import Layout
+from core.wire import CONFIG, SERVER_ROUND
 from strategies.replies import Failure, check_replies
 from tests.conftest import REPO
 
@@ -22,7 +23,7 @@ def _defaults() -> dict:
 
 
 def _train(node_config: dict) -> Message:
-    sent = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=42,
+    sent = Message(RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: 1})}), dst_node_id=42,
                    message_type="train")  # fmt: skip
     context = Context(run_id=1, node_id=42, node_config=node_config, state=RecordDict(),
                       run_config=_defaults())  # fmt: skip

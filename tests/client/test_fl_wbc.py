@@ -75,8 +75,9 @@ def _wbc_job(data_dir: Path, mode: str = "sgd", **flat: object) -> LocalJob:
     """Client 1 of 100 at round 3, an MLP on 96 MNIST points, one local epoch."""
     cfg = RunConfig.from_flat({
         "data.dir": str(data_dir), "data.n-val": 100, "data.max-client-samples": 96,
-        "model.name": "mlp", "train.mode": mode, "train.adv-steps": 2, "train.lr": LR,
-        "train.batch-size": 16, "train.local-epochs": 1, **flat,
+        "model.name": "mlp", "train.mode": mode, "train.adv-eps": 0.25, "train.adv-steps": 2,
+        "train.lr": LR, "train.momentum": 0.0, "train.batch-size": 16, "train.local-epochs": 1,
+        **flat,
     })  # fmt: skip
     net = build_model("mlp", load_splits(cfg.data).spec, seed=0)
     return LocalJob(cfg, NodeConfig(partition_id=1, num_partitions=100), model_to_record(net), 3)
@@ -115,6 +116,7 @@ def test_client_app_dispatches_the_fl_wbc_role(data_dir: Path) -> None:
     cfg = RunConfig.from_flat({
         "data.dir": str(data_dir), "data.n-val": 100, "data.max-client-samples": 32,
         "model.name": "mlp", "train.mode": "sgd", "train.batch-size": 16,
+        "train.local-epochs": 1, "train.momentum": 0.0,
     })  # fmt: skip
     net = build_model("mlp", load_splits(cfg.data).spec, seed=0)
     job = LocalJob(cfg, NodeConfig(partition_id=4, num_partitions=100), model_to_record(net), 1)

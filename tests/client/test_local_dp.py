@@ -21,7 +21,8 @@ def _job(data_dir: Path, z: float) -> LocalJob:
     cfg = RunConfig.from_flat({
         "data.dir": str(data_dir), "data.n-val": 100, "data.max-client-samples": 64,
         "model.name": "mlp", "train.mode": "sgd", "train.lr": 0.1, "train.batch-size": 16,
-        "dp.mode": "local", "dp.clip": 0.01, "dp.noise-multiplier": z,
+        "train.local-epochs": 1, "train.momentum": 0.0, "dp.mode": "local", "dp.clip": 0.01,
+        "dp.noise-multiplier": z,
     })  # fmt: skip
     net = build_model("mlp", load_splits(cfg.data).spec, seed=0)
     return LocalJob(cfg, NodeConfig(partition_id=2, num_partitions=50), model_to_record(net), 1)

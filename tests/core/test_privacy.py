@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 from core.config import ConfigError, RunConfig
 from core.params import Layout, flatten_record, record_to_numpy
 from core.privacy import central_noise_std, clip_rows, local_dp, noise
+from core.wire import NUM_EXAMPLES
 from strategies.replies import CheckedReplies
 from strategies.robust import RobustStrategy
 
@@ -54,7 +55,7 @@ def test_central_dp_clips_every_update_and_noises_the_aggregate() -> None:
     models = torch.zeros(4, 20_000)
     models[0, 0], models[1, 1], models[2, 2], models[3, 3] = 10.0, 0.5, -3.0, 0.0
     checked = CheckedReplies([1, 2, 3, 4], models, torch.ones(4, dtype=torch.float64),
-                             [MetricRecord({"num-examples": 1})] * 4, [])  # fmt: skip
+                             [MetricRecord({NUM_EXAMPLES: 1})] * 4, [])  # fmt: skip
     strategy, template = _strategy("central", 0.0)
     layout = Layout.of(record_to_numpy(template))
     step = flatten_record(strategy.aggregate_models(checked, 1), layout)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import ConfigError, NodeConfig, RolesConfig
+from core.config import ConfigError, NodeConfig, RolesConfig, RunConfig
 from core.roles import assign_roles, attack_name, resolve_role, validate_role
 
 
@@ -30,10 +30,13 @@ def test_node_config_role_wins_over_assignment() -> None:
 def test_bad_roles_and_missing_attack_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="'role' = 'evil'"):
         validate_role("evil")
-    with pytest.raises(ConfigError, match="roles.attack"):
-        assign_roles(10, RolesConfig(malicious_fraction=0.5), seed=0)
+    with pytest.raises(ConfigError, match="'role' = 'attack:evil'.*allowed"):
+        validate_role("attack:evil")
+    with pytest.raises(ConfigError, match=r"'roles.malicious-fraction' = 0.5 needs 'roles.attack'"):
+        RunConfig.from_flat({"roles.malicious-fraction": 0.5, "roles.attack": ""})
     with pytest.raises(ConfigError, match="exceed 1"):
-        assign_roles(
-            10, RolesConfig(malicious_fraction=0.6, attack="x", fl_wbc_fraction=0.6), seed=0
-        )
+        RunConfig.from_flat({"roles.malicious-fraction": 0.6, "roles.fl-wbc-fraction": 0.6})
+    # fractions within 1 can still round over the partitions: 2 + 2 of 3
+    with pytest.raises(ConfigError, match="round to 2 \\+ 2 of 3"):
+        assign_roles(3, RolesConfig(malicious_fraction=0.5, fl_wbc_fraction=0.5), seed=0)
     assert attack_name("attack:replace") == "replace" and attack_name("benign") is None

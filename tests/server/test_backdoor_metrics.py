@@ -54,7 +54,9 @@ def test_trigger_success_counts_only_points_outside_the_target_class() -> None:
 
 
 def test_backdoor_metric_on_mnist_uses_the_configured_trigger(data_dir: Path) -> None:
-    cfg = RunConfig.from_flat({"data.dir": str(data_dir), "attack.backdoor-target": 3})
+    cfg = RunConfig.from_flat(
+        {"data.dir": str(data_dir), "roles.attack": "backdoor", "attack.backdoor-target": 3}
+    )
     data = load_splits(cfg.data).test.subset(slice(0, 200))
     # the stripes of magnitude 0.1 on half the columns raise the even-odd gap by about 0.05
     assert backdoor_metrics(StripeDetector(3, 5, 0.03), data, cfg, CPU, 1) == {
@@ -91,7 +93,7 @@ def test_central_evaluation_reports_both_metrics(
 ) -> None:
     cfg = RunConfig.from_flat({
         "data.dir": str(data_dir), "eval.adv-steps": 0, "data.n-val": 100,
-        "attack.backdoor-target": target,
+        "roles.attack": "backdoor", "attack.backdoor-target": target,
     })  # fmt: skip
     model = Constant(label)
     test = load_splits(cfg.data).test.subset(slice(0, 100))

@@ -11,6 +11,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from core.config import RunConfig
 from core.models import InputSpec, build_model
 from core.params import model_to_record
+from core.wire import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
 from server.rounds import RoundLimits, exchange, play_round, wait_for_nodes
 from strategies.replies import NO_REPLY
 from strategies.robust import RobustStrategy
@@ -43,8 +44,8 @@ class StubGrid:
             if kind == "train":
                 content = RecordDict(
                     {
-                        "arrays": next(iter(msg.content.array_records.values()), ArrayRecord()),
-                        "metrics": MetricRecord({"num-examples": 10}),
+                        ARRAYS: next(iter(msg.content.array_records.values()), ArrayRecord()),
+                        METRICS: MetricRecord({NUM_EXAMPLES: 10}),
                     }
                 )
                 self.inbox[ids[-1]] = Message(content, reply_to=msg)
@@ -62,7 +63,7 @@ class StubGrid:
 
 
 def _sent(node: int) -> Message:
-    return Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train")
+    return Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=node, message_type="train")
 
 
 def test_exchange_answers_every_message_from_its_own_node() -> None:

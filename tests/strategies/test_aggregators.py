@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.config import AggregationConfig, AggregationRuleName
+from core.wire import ARRAYS, METRICS, NUM_EXAMPLES
 from strategies import aggregators as agg
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -311,8 +312,8 @@ def models_and_replies(
             n = int(np.prod(shape))
             arrays[name] = Array(model[offset : offset + n].reshape(shape))
             offset += n
-        metrics = MetricRecord({"num-examples": int(counts[i])})
-        content = RecordDict({"arrays": arrays, "metrics": metrics})
+        metrics = MetricRecord({NUM_EXAMPLES: int(counts[i])})
+        content = RecordDict({ARRAYS: arrays, METRICS: metrics})
         replies.append(Message(content, dst_node_id=i + 1, message_type="train"))
     return torch.from_numpy(g), torch.from_numpy(u), replies
 
@@ -322,12 +323,12 @@ def flat(arrays: ArrayRecord) -> np.ndarray:
 
 
 def weights_of(replies: list[Message]) -> torch.Tensor:
-    return torch.tensor([float(r.content["metrics"]["num-examples"]) for r in replies])
+    return torch.tensor([float(r.content[METRICS][NUM_EXAMPLES]) for r in replies])
 
 
 def iterated_krum_selection(contents: list[RecordDict], f: int, count: int) -> list[RecordDict]:
     """El Mhamdi et al.'s Bulyan selection, in the form Flower's Bulyan accepts."""
-    x = np.stack([flat(c["arrays"]).astype(np.float64) for c in contents])
+    x = np.stack([flat(c[ARRAYS]).astype(np.float64) for c in contents])
     return [contents[i] for i in ref_iterated_krum(x, f, count)]
 
 

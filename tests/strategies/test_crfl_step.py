@@ -19,7 +19,7 @@ from strategies.crfl import (
     clip_and_perturb,
     clip_norm,
     clip_threshold,
-    noise_std,
+    server_sigma,
 )
 from strategies.gate import CertificationGate
 from strategies.robust import RobustStrategy
@@ -36,7 +36,7 @@ def test_clip_norm_projects_onto_the_ball_and_keeps_the_direction() -> None:
 def test_schedule_grows_rho_to_its_cap_and_drops_the_noise_in_the_last_round() -> None:
     c = RunConfig.from_flat({"crfl.rho": 5.0, "crfl.rho-start": 2.0, "crfl.rho-growth": 0.5}).crfl
     assert [clip_threshold(t, c) for t in (0, 1, 4, 6, 100)] == [2.0, 2.5, 4.0, 5.0, 5.0]
-    assert [noise_std(t, 10, c) for t in (1, 9, 10)] == [0.01, 0.01, 0.0]
+    assert [server_sigma(t, 10, c) for t in (1, 9, 10)] == [0.01, 0.01, 0.0]
 
 
 def test_perturbation_has_the_configured_std() -> None:

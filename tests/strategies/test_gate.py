@@ -15,9 +15,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from core.config import RunConfig
+from core.gate_rule import Bound
+from core.wire import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES
 from strategies.gate import CertificationGate, GateReport
 from strategies.gate_measure import MeasureResult
-from strategies.gate_rule import Bound
 
 HONEST = {"clean_acc": 0.95, "pgd_acc": 0.85, "cert_acc@0.1": 0.6}
 
@@ -131,8 +132,8 @@ def test_shadow_rule_is_recorded_not_enforced_and_disables_early_verdicts() -> N
 
 
 def _reply(node: int, w: float, n: int = 10) -> Message:
-    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train")
-    content = RecordDict({"arrays": _arrays(w), "metrics": MetricRecord({"num-examples": n})})
+    sent = Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=node, message_type="train")
+    content = RecordDict({ARRAYS: _arrays(w), METRICS: MetricRecord({NUM_EXAMPLES: n})})
     return Message(content, reply_to=sent)
 
 

@@ -10,10 +10,10 @@ import torch
 
 from core.config import RunConfig
 from core.data import load_splits
+from core.gate_rule import Bound
 from core.models import build_model
 from core.params import model_to_record
 from strategies.gate_measure import CandidateMeasurer, serfling_halfwidth
-from strategies.gate_rule import Bound
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""L-inf evasion attacks: Madry PGD, optionally on logits divided by a temperature.
+"""L-inf PGD (Madry et al.), optionally on logits divided by a temperature: a training and
+evaluation tool (honest adversarial training, the gate's and the server's robust accuracy), not
+a client policy.
 
 Attacking softmax(z / T) with a large T is how Carlini and Wagner expose the gradient masking of
 defensive distillation (CFAT Sec. 2.3): at T = 1 the distilled softmax saturates and PGD's

@@ -1,5 +1,9 @@
 """The gate's acceptance rules: pure functions of the gate's state and the candidate's metrics.
 
+They live in `core` (no Flower) because two sides read them: the certification gate
+(strategies/gate.py) enforces them, and the adaptive attack (attacks/adaptive_cert.py), which
+knows the defender's rule, aims at the bounds they give.
+
 Metric names: `clean_acc`, `pgd_acc` (validation set), `cert_acc@<eps>`, `cert_loss@<eps>`
 (certification set, one pair per L_crt). A rule first derives its bounds from the state alone
 (`rule_bounds`: what the candidate must reach, before it is measured, so that the measurer can
@@ -165,7 +169,7 @@ class Decision:
 
     @property
     def failed(self) -> list[str]:
-        return [f"{c.metric} {c.criterion}" for c in self.checks if not c.passed]
+        return [f"{check.metric} {check.criterion}" for check in self.checks if not check.passed]
 
 
 def metric_names(cfg: GateConfig) -> list[str]:
@@ -203,6 +207,26 @@ def _floors(cfg: GateConfig) -> list[Bound]:
     ]
 
 
+def cfat_bound(metric: str, reference: float, cfg: GateConfig) -> Bound:
+    """CFAT Sec. 3's bound on `metric` given its `reference` (the last accepted model's value):
+    a certified loss at most (1 + loss-growth) * reference + loss-slack ("growth"), an accuracy
+    at least acc-ratio * reference ("ratio").
+
+    >>> from core.config import GateConfig
+    >>> cfg = GateConfig(acc_ratio=0.9, loss_growth=0.1, loss_slack=0.05)
+    >>> b = cfat_bound("cert_loss@0.1", 2.0, cfg)
+    >>> (b.kind, b.criterion, round(b.bound, 6))  # 1.1 * 2.0 + 0.05
+    ('max', 'growth', 2.25)
+    >>> b = cfat_bound("pgd_acc", 0.5, cfg)
+    >>> (b.kind, b.criterion, round(b.bound, 6))  # 0.9 * 0.5
+    ('min', 'ratio', 0.45)
+    """
+    if is_loss(metric):
+        bound = (1 + cfg.loss_growth) * reference + cfg.loss_slack
+        return Bound(metric, bound, "max", "growth", reference)
+    return Bound(metric, cfg.acc_ratio * reference, "min", "ratio", reference)
+
+
 def cfat_bounds(
     initial: Measurement | None, history: Sequence[Measurement], cfg: GateConfig, server_round: int
 ) -> RuleBounds:
@@ -213,13 +237,7 @@ def cfat_bounds(
     bounds = _floors(cfg)
     if not warmup:
         assert last is not None
-        for m in metric_names(cfg):
-            ref = last.value(m)
-            if is_loss(m):
-                bound = (1 + cfg.loss_growth) * ref + cfg.loss_slack
-                bounds.append(Bound(m, bound, "max", "growth", ref))
-            else:
-                bounds.append(Bound(m, cfg.acc_ratio * ref, "min", "ratio", ref))
+        bounds += [cfat_bound(m, last.value(m), cfg) for m in metric_names(cfg)]
     return RuleBounds("cfat", tuple(bounds), warmup)
 
 
@@ -320,7 +338,7 @@ def judge(metrics: Mapping[str, float], rb: RuleBounds) -> Decision:
         Check(b.metric, float(metrics[b.metric]), b.reference, b.bound, b.kind, b.criterion)
         for b in rb.bounds
     )
-    return Decision(all(c.passed for c in checks), checks, rb.warmup)
+    return Decision(all(check.passed for check in checks), checks, rb.warmup)
 
 
 def decide(

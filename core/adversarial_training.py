@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks.evasion import PGDConfig, pgd
 from core.config import TrainConfig
+from core.evasion import PGDConfig, pgd
 from core.job import LocalJob, sgd_config
 from core.training import AfterStep, Perturb, train
 
@@ -19,7 +19,7 @@ def madry_perturb(t: TrainConfig, generator: torch.Generator) -> Perturb | None:
     attack = PGDConfig(
         eps=t.adv_eps,
         steps=t.adv_steps,
-        step_size=t.adv_step_size or None,
+        step_size=t.adv_step_size,
         random_start=t.adv_random_start,
     )
     return lambda model, x, y: pgd(model, x, y, attack, generator)

@@ -7,7 +7,7 @@ import json
 import math
 
 from core.config import RunConfig
-from strategies.gate_rule import (
+from core.gate_rule import (
     GateState,
     Measurement,
     decide,
