@@ -10,8 +10,10 @@ from cli import (
     compose,
     credentials,
     crfl_certify,
+    experiment,
     launch,
     register_keys,
+    run_report,
     simulation,
 )
 
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": simulation,
         "certify": certify_cmd,
         "crfl-certify": crfl_certify,
+        "experiment": experiment,
+        "report": run_report,
         "credentials": credentials,
         "register-keys": register_keys,
         "compose": compose,

@@ -17,9 +17,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
 
 from cli.processes import ProcessGroup, free_ports, signals_interrupt, wait_for_port
 from cli.run_config import merge_overrides, resolve, write_overrides
@@ -50,13 +49,13 @@ def run_simulation(
     flwr_home: Path,
     timeout: float = 3600,
     concurrent: int = 5,
-    echo: TextIO | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess:
     """`flwr run APP --stream` with `supernodes` virtual clients, `concurrent` of them running
     at once (at least the colluders of a round, who wait for each other); Flower's output in
-    `.stdout`, also copied line by line to `echo`. `run_config`: one override string or
-    several, merged key by key. Raises subprocess.TimeoutExpired after `timeout` seconds, once
-    every process is stopped."""
+    `.stdout`, also handed line by line to `on_line` as it comes (an echo, a log, progress).
+    `run_config`: one override string or several, merged key by key. Raises
+    subprocess.TimeoutExpired after `timeout` seconds, once every process is stopped."""
     strings = [run_config] if isinstance(run_config, str) else list(run_config)
     flwr_home.mkdir(parents=True, exist_ok=True)
     config_file = flwr_home / "run-config.toml"
@@ -91,9 +90,8 @@ def run_simulation(
             for raw in runner.stdout:
                 line = raw.decode("utf-8", "replace")
                 lines.append(line)
-                if echo is not None:
-                    echo.write(line)
-                    echo.flush()
+                if on_line is not None:
+                    on_line(line)
             runner.wait()
         finally:
             watchdog.cancel()
@@ -116,6 +114,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
 
 
+def _echo(line: str) -> None:
+    sys.stdout.write(line)
+    sys.stdout.flush()
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the run config, simulate, stop everything; Flower's exit code."""
     app = Path(args.app).resolve()
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with signals_interrupt():
                 proc = run_simulation(app, args.run_config, args.supernodes, home,
-                                      args.timeout, args.concurrent, echo=sys.stdout)  # fmt: skip
+                                      args.timeout, args.concurrent, on_line=_echo)  # fmt: skip
         except KeyboardInterrupt:
             print("[simulate] interrupted: every process it started was stopped", flush=True)
             return 130
