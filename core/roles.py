@@ -23,16 +23,16 @@ def validate_role(role: str, where: str = "node config key 'role'") -> str:
     if role in (BENIGN, FL_WBC):
         return role
     name = attack_name(role)
-    if name and policy_names():
-        if name in policy_names():
-            return role
+    if name is None:
+        raise ConfigError(f"{where} = {role!r}: unknown role; allowed: {allowed_roles()}")
+    if not policy_names():  # nothing registered yet: say so, not "unknown"
+        check_policy_name(name, f"{where} = {role!r}: policy")
+    if name not in policy_names():
         raise ConfigError(
             f"{where} = {role!r}: no attack policy {name!r} is registered; "
             f"allowed: {allowed_roles()}"
         )
-    if name:
-        check_policy_name(name, f"{where} = {role!r}: policy")  # none registered: says so
-    raise ConfigError(f"{where} = {role!r}: unknown role; allowed: {allowed_roles()}")
+    return role
 
 
 def allowed_roles() -> str:
