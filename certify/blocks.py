@@ -79,15 +79,16 @@ def _mul_into(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         torch.mul(a, b, out=dst)
 
 
-def _l1_over_rows(x: torch.Tensor) -> torch.Tensor:
-    """sum_i |x[i, :]| of a `(R, N)` matrix. A large matrix is summed one row at a time
-    (`abs().sum(0)` would first write all of |x|, and `vector_norm` reduces strided; both run
-    several times slower once x is past the caches)."""
-    if x.numel() < 2**20 or x.shape[1] < 4096 or _tracks_grad(x):
+def _l1_over_rows(x: torch.Tensor, block: int = 2**18) -> torch.Tensor:
+    """sum_i |x[i, :]| of a `(R, N)` matrix, a cache-sized block of rows at a time (one
+    `abs().sum(0)` would first write all of |x|: two to three times slower past the caches)."""
+    rows = max(1, block // x.shape[1])
+    if rows >= x.shape[0]:
         return x.abs().sum(0)
-    total, row = x[0].abs(), torch.empty_like(x[0])
-    for i in range(1, x.shape[0]):
-        total.add_(torch.abs(x[i], out=row))
+    parts = x.split(rows)
+    total = parts[0].abs().sum(0)
+    for part in parts[1:]:
+        total = total + part.abs().sum(0)
     return total
 
 

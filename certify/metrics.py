@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from certify.allocator import retain_freed_memory
 from certify.analysis import Box, certified_margins, linf_region, propagate
 from certify.trace import Step, trace
 
@@ -109,7 +110,8 @@ def certify_dataset(
     that, so that `certified_loss.backward()` reaches the parameters. `sound_fp` makes the
     verdicts hold for the float32 network as executed (see certify/fp.py). `progress(done,
     total)` is called after every chunk. `chunk` fixes the points per chunk (None: sized as
-    above), e.g. when a caller certifies a set in slices and has sized it once.
+    above), e.g. when a caller certifies a set in slices and has sized it once. On the CPU the
+    process keeps freed memory in its heap from then on (`certify/allocator.py`).
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} points but y has {y.shape[0]} labels")
@@ -117,6 +119,8 @@ def certify_dataset(
         raise ValueError("certify_dataset needs at least one point")
     steps = trace(model)
     n = x.shape[0]
+    if x.device.type == "cpu":
+        retain_freed_memory()
     if chunk is None:
         chunk = chunk_size(steps, x, eps, method, budget_bytes, sound_fp)
     margins, correct = [], []
