@@ -55,8 +55,8 @@ from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
 
-# certification chunks of a single-threaded worker: small enough to stay near its core's caches
-SINGLE_THREAD_CHUNK_BYTES = 32 * 2**20
+# certification chunks of a single-threaded worker (see certify.metrics.chunk_size)
+SINGLE_THREAD_CHUNK_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
