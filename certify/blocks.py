@@ -323,15 +323,16 @@ def _conv_products(
             rows = slice(y0, y0 + st1 * (i_hi - i_lo), st1)
             cols = slice(x0, x0 + st2 * (j_hi - j_lo), st2)
             src = coef[:, :, :, rows, cols]  # (kh, kw, cs, ni, nj, b, c)
-            if post is not None:
-                src = src * post[rows, cols]
             dst = out[a1 * sh : a1 * sh + kh, a2 * sw : a2 * sw + kw, :, i_lo:i_hi, j_lo:j_hi]
             tap = weight[:, :, a1, a2]  # (O, C) or, per channel, (C, 1)
-            if per_channel:
-                dst.addcmul_(src, tap[:, 0])
-            else:  # dst[u, v, c, i, j, b, o] += src[u, v, 0, i, j, b, c] * tap[o, c]
-                src = src[:, :, 0].permute(0, 1, 5, 2, 3, 4)[..., None]
-                dst.addcmul_(src, tap.t().reshape(1, 1, c, 1, 1, 1, o))
+            if per_channel:  # the tap's weight and `post` are one factor per neuron
+                dst.addcmul_(src, tap[:, 0] if post is None else post[rows, cols] * tap[:, 0])
+                continue
+            if post is not None:
+                src = src * post[rows, cols]
+            # dst[u, v, c, i, j, b, o] += src[u, v, 0, i, j, b, c] * tap[o, c]
+            src = src[:, :, 0].permute(0, 1, 5, 2, 3, 4)[..., None]
+            dst.addcmul_(src, tap.t().reshape(1, 1, c, 1, 1, 1, o))
     return out
 
 
