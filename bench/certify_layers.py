@@ -143,8 +143,10 @@ def main() -> None:
         what = f"early model ({args.train_points} points of PGD training)"
     x, y = splits.cert.tensors()
     with tempfile.TemporaryDirectory() as tmp:
-        payload = {"threads": args.threads, "chunk": args.chunk, "model": name, "eps": eps,
-                   "spec": splits.spec, "state_dict": model.state_dict(), "x": x[:n], "y": y[:n]}  # fmt: skip
+        payload = {
+            "threads": args.threads, "chunk": args.chunk, "model": name, "eps": eps,
+            "spec": splits.spec, "state_dict": model.state_dict(), "x": x[:n], "y": y[:n],
+        }  # fmt: skip
         trees = {"this": (REPO, True), "this, default malloc": (REPO, False)}
         if args.against:
             base = Path(tmp) / "baseline"
