@@ -66,6 +66,32 @@ def fold_windows(
     return canvas[(*at, slice(ph, ph + out_hw[0]), slice(pw, pw + out_hw[1]))]
 
 
+def _tracks_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records operations on these (`out=` variants cannot be used then)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _mul_into(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """dst[...] = a * b, without a temporary unless autograd needs one."""
+    if _tracks_grad(a, b):
+        dst.copy_(a * b)
+    else:
+        torch.mul(a, b, out=dst)
+
+
+def _l1_over_rows(x: torch.Tensor, block: int = 2**18) -> torch.Tensor:
+    """sum_i |x[i, :]| of a `(R, N)` matrix, a cache-sized block of rows at a time (one
+    `abs().sum(0)` would first write all of |x|: two to three times slower past the caches)."""
+    rows = max(1, block // x.shape[1])
+    if rows >= x.shape[0]:
+        return x.abs().sum(0)
+    parts = x.split(rows)
+    total = parts[0].abs().sum(0)
+    for part in parts[1:]:
+        total = total + part.abs().sum(0)
+    return total
+
+
 @dataclass(frozen=True)
 class Dense:
     """Generators as their own dimension: `coef[b, g]` is generator g of sample b.
@@ -120,51 +146,63 @@ class Dense:
 class Patches:
     """Window-local generators, like auto_LiRPA's Patches but propagated forward.
 
-    Neuron `(c, i, j)` of sample b has coefficient `coef[i, j, s, u, v, b, c]` on the source
+    Neuron `(c, i, j)` of sample b has coefficient `coef[u, v, s, i, j, b, c]` on the source
     symbol `(s, stride[0] * i - padding[0] + u, stride[1] * j - padding[1] + v)`; coefficients
     that fall outside the source are zero by construction. When `depthwise`, the source channel
     is the neuron's own channel and the `s` axis has length 1. A flat layer of n neurons is held
-    as n channels of a 1x1 image. The layout (neuron position, window, sample, channel) makes
-    a Linear layer one batched matmul per position and keeps per-neuron work contiguous.
+    as n channels of a 1x1 image. The window offset comes first: for one offset `(u, v)` the
+    neurons form a plain `(s, i, j, b, c)` image, so a convolution is, per kernel tap and window
+    row, one matrix product added in place onto the output's window (`_conv_taps`), and the
+    radius run over contiguous memory. As in `Dense`, a per-neuron factor `post` (ReLU slopes,
+    BatchNorm scales) is kept aside until a convolution or a Linear layer copies the windows
+    anyway.
     """
 
-    coef: torch.Tensor  # (H, W, Cs, Kh, Kw, B, C)
+    coef: torch.Tensor  # (Kh, Kw, Cs, H, W, B, C)
     stride: Pair
     padding: Pair
     source: tuple[int, int, int]  # (channels, height, width) of the symbols' source
     depthwise: bool
+    post: torch.Tensor | None = None  # (H, W, 1 or B, C)
 
     @staticmethod
     def diagonal(radius: torch.Tensor) -> Patches:
         """One symbol per element of `radius` `(B, C, H, W)` or `(B, n)`, scaled by it."""
         r = radius if radius.dim() == 4 else radius.reshape(radius.shape[0], -1, 1, 1)
         b, c, h, w = r.shape
-        coef = r.permute(2, 3, 0, 1).reshape(h, w, 1, 1, 1, b, c)
+        coef = r.permute(2, 3, 0, 1).reshape(1, 1, 1, h, w, b, c)
         return Patches(coef, (1, 1), (0, 0), (c, h, w), True)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        h, w, *_, c = self.coef.shape
+        *_, h, w, _, c = self.coef.shape
         return (c, h, w)
 
     def numel(self) -> int:
         return self.coef.numel()
 
+    def values(self) -> torch.Tensor:
+        """The coefficients with `post` applied."""
+        return self.coef if self.post is None else self.coef * self.post
+
     def radius(self) -> torch.Tensor:
-        h, w, cs, kh, kw, b, c = self.coef.shape
-        r = self.coef.view(h * w, cs * kh * kw, b * c).abs().sum(1)
-        return r.view(h, w, b, c).permute(2, 3, 0, 1)
+        kh, kw, cs, h, w, b, c = self.coef.shape
+        r = _l1_over_rows(self.coef.reshape(kh * kw * cs, -1))
+        r = r.view(h, w, b, c) if self.post is None else r.view(h, w, b, c) * self.post.abs()
+        return r.permute(2, 3, 0, 1)
 
     def scale(self, s: torch.Tensor) -> Patches:
+        """Multiply every neuron by `s` (shape `(1 or B, C, H, W)`), lazily."""
         c, h, w = self.shape
-        s = s.reshape(s.shape[0], c, h, w).permute(2, 3, 0, 1)[:, :, None, None, None]
-        return Patches(self.coef * s, self.stride, self.padding, self.source, self.depthwise)
+        s = s.reshape(s.shape[0], c, h, w).permute(2, 3, 0, 1)
+        post = s if self.post is None else self.post * s
+        return Patches(self.coef, self.stride, self.padding, self.source, self.depthwise, post)
 
     def conv(
         self, weight: torch.Tensor, stride: Pair, padding: Pair, groups: int
     ) -> Dense | Patches:
         """Compose the windows with a convolution: the window grows by (k - 1) * stride."""
-        h, w, cs, kh, kw, b, c = self.coef.shape
+        kh, kw, *_, c = self.coef.shape
         o, _, ah, aw = weight.shape
         sh, sw = self.stride
         new_k = (kh + (ah - 1) * sh, kw + (aw - 1) * sw)
@@ -173,53 +211,55 @@ class Patches:
         keeps_channels = groups == c == o  # per-channel (average pooling)
         if self.depthwise and not (groups == 1 or keeps_channels):
             return self._full().conv(weight, stride, padding, groups)
-        ho, wo = conv_out(h, ah, stride[0], padding[0]), conv_out(w, aw, stride[1], padding[1])
-        taps, n = ah * aw, cs * kh * kw * b
-        images = self.coef.permute(2, 3, 4, 5, 6, 0, 1).reshape(n, c, h, w)
-        cols = F.unfold(images, (ah, aw), 1, padding, stride).view(cs, kh, kw, b, c, taps, -1)
-        wt = weight.reshape(o, -1, taps)
-        if self.depthwise and keeps_channels:  # y[t, l, 0, u, v, b, c]
-            y = torch.einsum("uvbctl,ct->tluvbc", cols[0], wt[:, 0]).unsqueeze(2)
-        elif self.depthwise:  # the source channel is the input channel: y[t, l, c, u, v, b, o]
-            y = torch.einsum("uvbctl,oct->tlcuvbo", cols[0], wt)
-        elif groups == 1:  # y[t, l, s, u, v, b, o], summed over the input channels
-            y = torch.einsum("suvbitl,oit->tlsuvbo", cols, wt)
-        else:  # the same, per group
-            cols = cols.view(cs, kh, kw, b, groups, c // groups, taps, -1)
-            wg = wt.view(groups, o // groups, c // groups, taps)
-            y = torch.einsum("suvbgitl,goit->tlsuvbgo", cols, wg).flatten(-2)
-        # Sum the taps' windows, each shifted by the block's stride, into the wider window
-        # (y stays whatever view einsum returned: the adds read it strided, nothing is copied).
-        y = y.reshape(ah, aw, ho * wo, *y.shape[2:])
-        out = fold_windows(y, self.stride, (0, 0), new_k, lead=2)
-        out = out.view(ho, wo, y.shape[3], *new_k, b, o)
+        args = (self.coef, self.post, weight, stride, padding, (sh, sw))
+        if self.depthwise or keeps_channels:
+            out = _conv_products(*args, keeps_channels)
+        else:
+            out = _conv_matmuls(*args, groups)
         new_padding = (self.padding[0] + padding[0] * sh, self.padding[1] + padding[1] * sw)
         new_stride = (sh * stride[0], sw * stride[1])
-        depthwise = self.depthwise and keeps_channels
-        return Patches(out, new_stride, new_padding, self.source, depthwise)
+        return Patches(out, new_stride, new_padding, self.source, self.depthwise and keeps_channels)
 
     def linear(self, weight: torch.Tensor) -> Dense:
         """Contract the neurons with `weight` `(M, C*H*W)` (one matmul per neuron position) and
         add each position's window onto the source, giving a dense `(B, G, M)` block."""
-        h, w, cs, kh, kw, b, c = self.coef.shape
+        kh, kw, cs, h, w, b, c = self.coef.shape
         m = weight.shape[0]
         src_c, src_h, src_w = self.source
         wl = weight.reshape(m, c, h * w).permute(2, 1, 0)  # (L, C, M)
         if self.depthwise and (kh, kw, h, w) == (1, 1, src_h, src_w):  # diagonal: scale rows
-            diag = self.coef.reshape(h * w, b, c).permute(1, 2, 0).reshape(b, -1)
+            diag = self.values().reshape(h * w, b, c).permute(1, 2, 0).reshape(b, -1)
             return Dense(diag[:, :, None] * weight.t())
         if self.depthwise:  # z[l, c, u, v, b, m]: source channel = neuron channel, no sum
-            z = self.coef.reshape(h * w, kh, kw, b, c).permute(0, 4, 1, 2, 3)[..., None]
-            z = z * wl[:, :, None, None, None, :]
-        else:  # z[l, s, u, v, b, m]
-            z = torch.bmm(self.coef.reshape(h * w, -1, c), wl)
-        z = z.reshape(h, w, -1, kh, kw, b, m).permute(0, 1, 5, 2, 3, 4, 6)
-        img = fold_windows(z, self.stride, self.padding, (src_h, src_w), lead=2)
+            z = self.values().reshape(kh, kw, h * w, b, c).permute(2, 4, 0, 1, 3)[..., None]
+            z = (z * wl[:, :, None, None, None, :]).reshape(h, w, c, kh, kw, b, m)
+            z = z.permute(0, 1, 5, 2, 3, 4, 6)  # (h, w, b, s, kh, kw, m)
+            img = fold_windows(z, self.stride, self.padding, (src_h, src_w), lead=2)
+            return Dense(img.reshape(b, -1, m))
+        # rows[i, j, u] = the window row u of the neurons at (i, j): `(Kw * Cs * B, C)`, with
+        # `post` applied on the way; each is multiplied by that position's weights straight
+        # into the canvas row it covers, `(Kw, Cs, B, M)` contiguous
+        rows = self.coef.new_empty(h, w, kh, kw, cs, b, c)
+        coef = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
+        if self.post is None:
+            rows.copy_(coef)
+        else:
+            _mul_into(rows, coef, self.post[:, :, None, None, None])
+        wl = wl.contiguous()
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        ch, cw = max(sh * (h - 1) + kh, ph + src_h), max(sw * (w - 1) + kw, pw + src_w)
+        canvas = rows.new_zeros(ch, cw, cs, b, m)
+        for i in range(h):
+            for j in range(w):
+                for u in range(kh):
+                    dst = canvas[sh * i + u, sw * j : sw * j + kw].view(-1, m)
+                    dst.addmm_(rows[i, j, u].view(-1, c), wl[i * w + j])
+        img = canvas[ph : ph + src_h, pw : pw + src_w].permute(3, 2, 0, 1, 4)
         return Dense(img.reshape(b, -1, m))
 
     def dense(self) -> Dense:
         """Scatter every window into its place on the source: `(B, G, C, H, W)`."""
-        h, w, cs, kh, kw, b, c = self.coef.shape
+        kh, kw, cs, h, w, b, c = self.coef.shape
         (sh, sw), (ph, pw) = self.stride, self.padding
         src_c, src_h, src_w = self.source
         ch, cw = max(sh * (h - 1) + kh, ph + src_h), max(sw * (w - 1) + kw, pw + src_w)
@@ -227,7 +267,7 @@ class Patches:
         rows = sh * torch.arange(h, device=dev) + torch.arange(kh, device=dev)[:, None]
         cols = sw * torch.arange(w, device=dev) + torch.arange(kw, device=dev)[:, None]
         index = (rows[:, None, :, None] * cw + cols[None, :, None, :]).reshape(1, -1, 1, 1, h, w)
-        src = self.coef.permute(2, 3, 4, 5, 6, 0, 1).reshape(cs, kh * kw, b, c, h, w)
+        src = self.values().permute(2, 0, 1, 5, 6, 3, 4).reshape(cs, kh * kw, b, c, h, w)
         canvas = src.new_zeros(cs, ch * cw, b, c, h, w)
         canvas = canvas.scatter(1, index.expand(cs, -1, b, c, -1, -1), src)
         canvas = canvas.view(cs, ch, cw, b, c, h, w)[:, ph : ph + src_h, pw : pw + src_w]
@@ -238,10 +278,117 @@ class Patches:
 
     def _full(self) -> Patches:
         """The same block with the source channel axis spelled out (depthwise -> full)."""
-        h, w, _, kh, kw, b, c = self.coef.shape
+        c = self.coef.shape[-1]
         eye = torch.eye(c, dtype=self.coef.dtype, device=self.coef.device)
-        coef = self.coef * eye.view(1, 1, c, 1, 1, 1, c)
+        coef = self.values() * eye.view(1, 1, c, 1, 1, 1, c)
         return Patches(coef, self.stride, self.padding, self.source, False)
+
+
+def _tap_range(n_out: int, n_in: int, stride: int, padding: int, tap: int) -> tuple[int, int, int]:
+    """Outputs `[lo, hi)` whose kernel `tap` lands inside the `n_in` inputs, and the input the
+    first of them reads (`stride * lo + tap - padding`)."""
+    lo = max(0, -(-(padding - tap) // stride))
+    hi = min(n_out, (n_in - 1 - tap + padding) // stride + 1)
+    return lo, max(lo, hi), stride * lo + tap - padding
+
+
+def _conv_products(
+    coef: torch.Tensor,
+    post: torch.Tensor | None,
+    weight: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+    window_stride: Pair,
+    per_channel: bool,
+) -> torch.Tensor:
+    """A convolution of a depthwise block or with per-channel kernels: products, no sums over
+    channels. With `per_channel` (`groups == C == O`, average pooling) each neuron channel keeps
+    its own windows; otherwise (a depthwise block, `groups == 1`) the input channel becomes the
+    output's source channel. Each tap adds a strided view of the input onto a strided view of
+    the output's windows, shifted by `window_stride * tap`; no copy of the input is made.
+    Returns `(KH, KW, Cs', Ho, Wo, B, O)`.
+    """
+    kh, kw, cs, h, w, b, c = coef.shape
+    o, _, ah, aw = weight.shape
+    (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
+    ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
+    out_cs = cs if per_channel else c
+    out = coef.new_zeros(kh + (ah - 1) * sh, kw + (aw - 1) * sw, out_cs, ho, wo, b, o)
+    for a1 in range(ah):
+        i_lo, i_hi, y0 = _tap_range(ho, h, st1, p1, a1)
+        for a2 in range(aw):
+            j_lo, j_hi, x0 = _tap_range(wo, w, st2, p2, a2)
+            if i_hi == i_lo or j_hi == j_lo:
+                continue
+            rows = slice(y0, y0 + st1 * (i_hi - i_lo), st1)
+            cols = slice(x0, x0 + st2 * (j_hi - j_lo), st2)
+            src = coef[:, :, :, rows, cols]  # (kh, kw, cs, ni, nj, b, c)
+            dst = out[a1 * sh : a1 * sh + kh, a2 * sw : a2 * sw + kw, :, i_lo:i_hi, j_lo:j_hi]
+            tap = weight[:, :, a1, a2]  # (O, C) or, per channel, (C, 1)
+            if per_channel:  # the tap's weight and `post` are one factor per neuron
+                dst.addcmul_(src, tap[:, 0] if post is None else post[rows, cols] * tap[:, 0])
+                continue
+            if post is not None:
+                src = src * post[rows, cols]
+            # dst[u, v, c, i, j, b, o] += src[u, v, 0, i, j, b, c] * tap[o, c]
+            src = src[:, :, 0].permute(0, 1, 5, 2, 3, 4)[..., None]
+            dst.addcmul_(src, tap.t().reshape(1, 1, c, 1, 1, 1, o))
+    return out
+
+
+def _conv_matmuls(
+    coef: torch.Tensor,
+    post: torch.Tensor | None,
+    weight: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+    window_stride: Pair,
+    groups: int,
+) -> torch.Tensor:
+    """A convolution of window coefficients `coef` `(Kh, Kw, Cs, H, W, B, C)` (times the
+    per-neuron factor `post` `(H, W, 1 or B, C)`, when given), as the sum over kernel taps of a
+    shifted image times the tap's `(O, C)` matrix; tap (a1, a2) moves each output's window by
+    `window_stride * (a1, a2)`. Returns `(KH, KW, Cs, Ho, Wo, B, O)`.
+
+    The input is zero-padded and split into `stride` phases (one copy), so that every tap reads
+    a contiguous, shifted run of the flattened `(Hq, Wq, B)` positions of each window row:
+    one `addmm_` per tap and window row, straight into a contiguous slice of the output, with
+    no unfolded copies and no per-tap temporaries. A shifted run crosses into the next row or
+    plane only at positions past `(Ho, Wo)`, which are cut off at the end.
+    """
+    kh, kw, cs, h, w, b, c = coef.shape
+    o, cg, ah, aw = weight.shape
+    (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
+    hq, wq = -(-(h + 2 * p1) // st1), -(-(w + 2 * p2) // st2)
+    phases = coef.new_zeros(st1, st2, kh, kw, cs, hq, wq, b, c)
+    # phases[r1, r2, ..., i, j, :, :] = the zero-padded input at (st1 i + r1, st2 j + r2)
+    for r1 in range(st1):
+        i0, _, y0 = _tap_range(hq, h, st1, p1, r1)
+        for r2 in range(st2):
+            j0, _, x0 = _tap_range(wq, w, st2, p2, r2)
+            src = coef[:, :, :, y0::st1, x0::st2]
+            if src.numel() == 0:
+                continue
+            dst = phases[r1, r2, :, :, :, i0 : i0 + src.shape[3], j0 : j0 + src.shape[4]]
+            if post is None:
+                dst.copy_(src)
+            else:
+                _mul_into(dst, src, post[y0::st1, x0::st2])
+    out = coef.new_zeros(kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, hq, wq, b, o)
+    og = o // groups
+    for a1 in range(ah):
+        for a2 in range(aw):
+            shift = ((a1 // st1) * wq + a2 // st2) * b
+            tap = weight[:, :, a1, a2]  # (O, C / groups)
+            for u in range(kh):
+                run = phases[a1 % st1, a2 % st2, u].view(-1, c)[shift:]  # rows (v, s, i, j, b)
+                dst = out[u + a1 * sh, a2 * sw : a2 * sw + kw].view(-1, o)[: run.shape[0]]
+                for g in range(groups):
+                    dst[:, g * og : (g + 1) * og].addmm_(
+                        run[:, g * cg : (g + 1) * cg], tap[g * og : (g + 1) * og].t()
+                    )
+    ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
+    return out[:, :, :, :ho, :wo].contiguous()
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,8 @@ from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
 
-# certification chunks of a single-threaded worker: small enough to stay near its core's caches
-SINGLE_THREAD_CHUNK_BYTES = 32 * 2**20
+# certification chunks of a single-threaded worker (see certify.metrics.chunk_size)
+SINGLE_THREAD_CHUNK_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -244,8 +244,10 @@ class CandidateMeasurer:
                 steps, self._cert_x, eps, gate.method, gate.budget_mb * 2**20, gate.sound_fp,
                 cpu_bytes=SINGLE_THREAD_CHUNK_BYTES, cpu_min=1,
             )  # fmt: skip
-            # a slice holds several chunks, so each task is long next to the queue's overhead
-            width = max(chunk * 8, 16)
+            # a slice holds several chunks, so each task is long next to the queue's overhead,
+            # and at most an eighth of the set, so that an early verdict can cut it short
+            width = min(chunk * 8, -(-len(self.cert) // 8))
+            chunk = min(chunk, width)
             cert_tasks += [
                 (f"cert@{eps:g}", (eps, slice(s, s + width), chunk))
                 for s in range(0, len(self.cert), width)
