@@ -80,9 +80,10 @@ def _mul_into(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def _l1_over_rows(x: torch.Tensor, block: int = 2**18) -> torch.Tensor:
-    """sum_i |x[i, :]| of a `(R, N)` matrix, a cache-sized block of rows at a time (one
-    `abs().sum(0)` would first write all of |x|: two to three times slower past the caches)."""
-    rows = max(1, block // x.shape[1])
+    """sum_i |x[i, ...]| of a `(R, ...)` tensor (any strides), a cache-sized block of rows at a
+    time (one `abs().sum(0)` would first write all of |x|: two to three times slower past the
+    caches)."""
+    rows = max(1, block // max(1, x[0].numel()))
     if rows >= x.shape[0]:
         return x.abs().sum(0)
     parts = x.split(rows)
@@ -164,6 +165,9 @@ class Patches:
     source: tuple[int, int, int]  # (channels, height, width) of the symbols' source
     depthwise: bool
     post: torch.Tensor | None = None  # (H, W, 1 or B, C)
+    # what `coef` is the top-left `(H, W)` corner of, when a convolution wrote it with scratch
+    # positions around it (zero or finite): summed whole, it is contiguous
+    plane: torch.Tensor | None = None  # (Kh, Kw, Cs, H', W', B, C), H' >= H, W' >= W
 
     @staticmethod
     def diagonal(radius: torch.Tensor) -> Patches:
@@ -186,9 +190,10 @@ class Patches:
         return self.coef if self.post is None else self.coef * self.post
 
     def radius(self) -> torch.Tensor:
-        kh, kw, cs, h, w, b, c = self.coef.shape
-        r = _l1_over_rows(self.coef.reshape(kh * kw * cs, -1))
-        r = r.view(h, w, b, c) if self.post is None else r.view(h, w, b, c) * self.post.abs()
+        h, w = self.coef.shape[3:5]
+        whole = self.coef if self.plane is None else self.plane
+        r = _l1_over_rows(whole.flatten(0, 2))[:h, :w]  # (H, W, B, C)
+        r = r if self.post is None else r * self.post.abs()
         return r.permute(2, 3, 0, 1)
 
     def scale(self, s: torch.Tensor) -> Patches:
@@ -196,13 +201,15 @@ class Patches:
         c, h, w = self.shape
         s = s.reshape(s.shape[0], c, h, w).permute(2, 3, 0, 1)
         post = s if self.post is None else self.post * s
-        return Patches(self.coef, self.stride, self.padding, self.source, self.depthwise, post)
+        return Patches(
+            self.coef, self.stride, self.padding, self.source, self.depthwise, post, self.plane
+        )
 
     def conv(
         self, weight: torch.Tensor, stride: Pair, padding: Pair, groups: int
     ) -> Dense | Patches:
         """Compose the windows with a convolution: the window grows by (k - 1) * stride."""
-        kh, kw, *_, c = self.coef.shape
+        kh, kw, _, h, w, _, c = self.coef.shape
         o, _, ah, aw = weight.shape
         sh, sw = self.stride
         new_k = (kh + (ah - 1) * sh, kw + (aw - 1) * sw)
@@ -212,13 +219,17 @@ class Patches:
         if self.depthwise and not (groups == 1 or keeps_channels):
             return self._full().conv(weight, stride, padding, groups)
         args = (self.coef, self.post, weight, stride, padding, (sh, sw))
+        plane = None
         if self.depthwise or keeps_channels:
             out = _conv_products(*args, keeps_channels)
         else:
-            out = _conv_matmuls(*args, groups)
+            plane = _conv_matmuls(*args, groups)
+            ho, wo = conv_out(h, ah, stride[0], padding[0]), conv_out(w, aw, stride[1], padding[1])
+            out = plane[:, :, :, :ho, :wo]
         new_padding = (self.padding[0] + padding[0] * sh, self.padding[1] + padding[1] * sw)
         new_stride = (sh * stride[0], sw * stride[1])
-        return Patches(out, new_stride, new_padding, self.source, self.depthwise and keeps_channels)
+        depthwise = self.depthwise and keeps_channels
+        return Patches(out, new_stride, new_padding, self.source, depthwise, None, plane)
 
     def linear(self, weight: torch.Tensor) -> Dense:
         """Contract the neurons with `weight` `(M, C*H*W)` (one matmul per neuron position) and
@@ -348,13 +359,14 @@ def _conv_matmuls(
     """A convolution of window coefficients `coef` `(Kh, Kw, Cs, H, W, B, C)` (times the
     per-neuron factor `post` `(H, W, 1 or B, C)`, when given), as the sum over kernel taps of a
     shifted image times the tap's `(O, C)` matrix; tap (a1, a2) moves each output's window by
-    `window_stride * (a1, a2)`. Returns `(KH, KW, Cs, Ho, Wo, B, O)`.
+    `window_stride * (a1, a2)`. Returns `(KH, KW, Cs, Hq, Wq, B, O)`, whose top-left
+    `(Ho, Wo)` positions are the output; the others are scratch, zero or finite.
 
     The input is zero-padded and split into `stride` phases (one copy), so that every tap reads
     a contiguous, shifted run of the flattened `(Hq, Wq, B)` positions of each window row:
     one `addmm_` per tap and window row, straight into a contiguous slice of the output, with
     no unfolded copies and no per-tap temporaries. A shifted run crosses into the next row or
-    plane only at positions past `(Ho, Wo)`, which are cut off at the end.
+    plane only at positions past `(Ho, Wo)`, which the caller ignores.
     """
     kh, kw, cs, h, w, b, c = coef.shape
     o, cg, ah, aw = weight.shape
@@ -387,8 +399,7 @@ def _conv_matmuls(
                     dst[:, g * og : (g + 1) * og].addmm_(
                         run[:, g * cg : (g + 1) * cg], tap[g * og : (g + 1) * og].t()
                     )
-    ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
-    return out[:, :, :, :ho, :wo].contiguous()
+    return out
 
 
 @dataclass(frozen=True)
