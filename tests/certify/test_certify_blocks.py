@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from certify.blocks import Dense, Patches, Sparse
+from certify.blocks import Dense, Patches, Sparse, _l1_over_rows
 
 CONVS = [  # (out channels, kernel, stride, padding, groups) on 4 input channels
     (3, (3, 3), (1, 1), (0, 0), 1),
@@ -72,3 +72,11 @@ def test_sparse_lists_exactly_the_nonzero_neurons() -> None:
     block = Sparse.nonzeros(x)
     assert block.value.shape == (2, 2)
     assert torch.equal(block.dense().coef.sum(1), x)
+
+
+def test_l1_over_rows_in_blocks_matches_one_sum() -> None:
+    """The radius' row sum gives the same in cache-sized blocks as in one pass, on any strides."""
+    x = torch.randn(7, 5, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    strided = x[:, 1:4]  # a corner of a bigger plane, as a convolution's output is
+    for rows in (x, strided):
+        assert torch.allclose(_l1_over_rows(rows, block=11), rows.abs().sum(0))
