@@ -27,43 +27,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from certify.allocator import empty, zeros
+
 Pair = tuple[int, int]
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a convolution along one axis (dilation 1)."""
     return (size + 2 * padding - kernel) // stride + 1
-
-
-def fold_windows(
-    z: torch.Tensor, stride: Pair, padding: Pair, out_hw: tuple[int, int], lead: int = 1
-) -> torch.Tensor:
-    """Sum a grid of windows `z` `(gh, gw, *lead, kh, kw, *rest)`, window (i, j) placed at
-    `stride * (i, j) - padding`, onto a `(*lead, *out_hw, *rest)` canvas: what `F.fold` does,
-    with one strided add per grid cell or per window tap, whichever is fewer (no loop over
-    samples, which torch's CPU col2im has).
-    """
-    gh, gw = z.shape[:2]
-    kh, kw = z.shape[2 + lead : 4 + lead]
-    (sh, sw), (ph, pw) = stride, padding
-    ch, cw = max(sh * (gh - 1) + kh, ph + out_hw[0]), max(sw * (gw - 1) + kw, pw + out_hw[1])
-    canvas = z.new_zeros(*z.shape[2 : 2 + lead], ch, cw, *z.shape[4 + lead :])
-    at = (slice(None),) * lead
-    if kh * kw <= gh * gw:
-        for u in range(kh):
-            for v in range(kw):
-                rows, cols = (
-                    slice(u, u + sh * (gh - 1) + 1, sh),
-                    slice(v, v + sw * (gw - 1) + 1, sw),
-                )
-                canvas[(*at, rows, cols)] += z[(slice(None), slice(None), *at, u, v)].movedim(
-                    (0, 1), (lead, lead + 1)
-                )
-    else:
-        for i in range(gh):
-            for j in range(gw):
-                canvas[(*at, slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw))] += z[i, j]
-    return canvas[(*at, slice(ph, ph + out_hw[0]), slice(pw, pw + out_hw[1]))]
 
 
 def _tracks_grad(*tensors: torch.Tensor) -> bool:
@@ -119,7 +90,7 @@ class Dense:
     def radius(self) -> torch.Tensor:
         """Per-neuron sum of |coefficient| over the block's generators, `(B, *shape)`."""
         b, g = self.coef.shape[:2]
-        r = self.coef.reshape(b, g, -1).abs().sum(1).view(b, *self.shape)
+        r = _l1_over_rows(self.coef.reshape(b, g, -1).transpose(0, 1)).view(b, *self.shape)
         return r if self.post is None else r * self.post.abs()
 
     def scale(self, s: torch.Tensor) -> Dense:
@@ -237,36 +208,47 @@ class Patches:
         kh, kw, cs, h, w, b, c = self.coef.shape
         m = weight.shape[0]
         src_c, src_h, src_w = self.source
-        wl = weight.reshape(m, c, h * w).permute(2, 1, 0)  # (L, C, M)
         if self.depthwise and (kh, kw, h, w) == (1, 1, src_h, src_w):  # diagonal: scale rows
             diag = self.values().reshape(h * w, b, c).permute(1, 2, 0).reshape(b, -1)
             return Dense(diag[:, :, None] * weight.t())
-        if self.depthwise:  # z[l, c, u, v, b, m]: source channel = neuron channel, no sum
-            z = self.values().reshape(kh, kw, h * w, b, c).permute(2, 4, 0, 1, 3)[..., None]
-            z = (z * wl[:, :, None, None, None, :]).reshape(h, w, c, kh, kw, b, m)
-            z = z.permute(0, 1, 5, 2, 3, 4, 6)  # (h, w, b, s, kh, kw, m)
-            img = fold_windows(z, self.stride, self.padding, (src_h, src_w), lead=2)
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        if self.depthwise:  # source channel = neuron channel: one product per tap, no sums
+            vals = self.values()[:, :, 0].permute(0, 1, 4, 5, 2, 3)[..., None]  # (u,v,b,c,h,w,1)
+            wt = weight.reshape(m, c, h, w).permute(1, 2, 3, 0)  # (c, h, w, m)
+            ch, cw = max(sh * (h - 1) + kh, ph + src_h), max(sw * (w - 1) + kw, pw + src_w)
+            canvas = zeros(vals, b, c, ch, cw, m)
+            for u in range(kh):
+                for v in range(kw):
+                    dst = canvas[:, :, u : u + sh * (h - 1) + 1 : sh, v : v + sw * (w - 1) + 1 : sw]
+                    dst.addcmul_(vals[u, v], wt)
+            img = canvas[:, :, ph : ph + src_h, pw : pw + src_w]
             return Dense(img.reshape(b, -1, m))
         # rows[i, j, u] = the window row u of the neurons at (i, j): `(Kw * Cs * B, C)`, with
         # `post` applied on the way; each is multiplied by that position's weights straight
         # into the canvas row it covers, `(Kw, Cs, B, M)` contiguous
-        rows = self.coef.new_empty(h, w, kh, kw, cs, b, c)
+        rows = empty(self.coef, h, w, kh, kw, cs, b, c)
         coef = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
         if self.post is None:
             rows.copy_(coef)
         else:
             _mul_into(rows, coef, self.post[:, :, None, None, None])
-        wl = wl.contiguous()
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        ch, cw = max(sh * (h - 1) + kh, ph + src_h), max(sw * (w - 1) + kw, pw + src_w)
-        canvas = rows.new_zeros(ch, cw, cs, b, m)
-        for i in range(h):
-            for j in range(w):
-                for u in range(kh):
-                    dst = canvas[sh * i + u, sw * j : sw * j + kw].view(-1, m)
-                    dst.addmm_(rows[i, j, u].view(-1, c), wl[i * w + j])
-        img = canvas[ph : ph + src_h, pw : pw + src_w].permute(3, 2, 0, 1, 4)
-        return Dense(img.reshape(b, -1, m))
+        # (L, C, M) contiguous, as a 2-D transpose and a copy of whole M-rows (one transposing
+        # copy of all three axes is about 10x slower)
+        wl = weight.t().contiguous().view(c, h * w, m).transpose(0, 1).contiguous()
+        # the canvas is the source itself (taps outside it are zero by construction), laid
+        # out (y, x, s, b, m) so that the dense block is a view, `(B, G, M)` with G = (y, x, s)
+        canvas = zeros(rows, src_h, src_w, cs, b, m)
+        for y in range(src_h):  # row by row, each hot while it is summed
+            r = y + ph
+            for i in range(max(0, -(-(r - kh + 1) // sh)), min(h, r // sh + 1)):
+                for j in range(w):
+                    x0, x1 = max(0, sw * j - pw), min(src_w, sw * j - pw + kw)
+                    if x0 >= x1:
+                        continue
+                    v0 = x0 - (sw * j - pw)
+                    dst = canvas[y, x0:x1].view(-1, m)
+                    dst.addmm_(rows[i, j, r - sh * i, v0 : v0 + x1 - x0].view(-1, c), wl[i * w + j])
+        return Dense(canvas.permute(3, 0, 1, 2, 4).reshape(b, -1, m))
 
     def dense(self) -> Dense:
         """Scatter every window into its place on the source: `(B, G, C, H, W)`."""
@@ -279,7 +261,7 @@ class Patches:
         cols = sw * torch.arange(w, device=dev) + torch.arange(kw, device=dev)[:, None]
         index = (rows[:, None, :, None] * cw + cols[None, :, None, :]).reshape(1, -1, 1, 1, h, w)
         src = self.values().permute(2, 0, 1, 5, 6, 3, 4).reshape(cs, kh * kw, b, c, h, w)
-        canvas = src.new_zeros(cs, ch * cw, b, c, h, w)
+        canvas = zeros(src, cs, ch * cw, b, c, h, w)
         canvas = canvas.scatter(1, index.expand(cs, -1, b, c, -1, -1), src)
         canvas = canvas.view(cs, ch, cw, b, c, h, w)[:, ph : ph + src_h, pw : pw + src_w]
         if self.depthwise:
@@ -324,7 +306,7 @@ def _conv_products(
     (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
     ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
     out_cs = cs if per_channel else c
-    out = coef.new_zeros(kh + (ah - 1) * sh, kw + (aw - 1) * sw, out_cs, ho, wo, b, o)
+    out = zeros(coef, kh + (ah - 1) * sh, kw + (aw - 1) * sw, out_cs, ho, wo, b, o)
     for a1 in range(ah):
         i_lo, i_hi, y0 = _tap_range(ho, h, st1, p1, a1)
         for a2 in range(aw):
@@ -372,7 +354,7 @@ def _conv_matmuls(
     o, cg, ah, aw = weight.shape
     (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
     hq, wq = -(-(h + 2 * p1) // st1), -(-(w + 2 * p2) // st2)
-    phases = coef.new_zeros(st1, st2, kh, kw, cs, hq, wq, b, c)
+    phases = zeros(coef, st1, st2, kh, kw, cs, hq, wq, b, c)
     # phases[r1, r2, ..., i, j, :, :] = the zero-padded input at (st1 i + r1, st2 j + r2)
     for r1 in range(st1):
         i0, _, y0 = _tap_range(hq, h, st1, p1, r1)
@@ -386,7 +368,7 @@ def _conv_matmuls(
                 dst.copy_(src)
             else:
                 _mul_into(dst, src, post[y0::st1, x0::st2])
-    out = coef.new_zeros(kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, hq, wq, b, o)
+    out = zeros(coef, kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, hq, wq, b, o)
     og = o // groups
     for a1 in range(ah):
         for a2 in range(aw):
@@ -471,7 +453,7 @@ class Sparse:
 
     def dense(self) -> Dense:
         b, k = self.value.shape
-        coef = self.value.new_zeros(b, k, math.prod(self.shape))
+        coef = zeros(self.value, b, k, math.prod(self.shape))
         coef = coef.scatter(2, self.index[..., None], self.value[..., None])
         return Dense(coef.view(b, k, *self.shape))
 
