@@ -31,6 +31,8 @@ from certify.allocator import empty, zeros
 
 Pair = tuple[int, int]
 
+TILE_BYTES = 2**20  # output rows summed at once by `_conv_matmuls`: about an L2 cache
+
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a convolution along one axis (dilation 1)."""
@@ -368,7 +370,11 @@ def _conv_matmuls(
                 dst.copy_(src)
             else:
                 _mul_into(dst, src, post[y0::st1, x0::st2])
-    out = zeros(coef, kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, hq, wq, b, o)
+    shape = (kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, hq, wq, b, o)
+    cell_bytes = math.prod(shape[2:]) * coef.element_size()
+    if groups == 1 and cell_bytes >= TILE_BYTES and not _tracks_grad(phases, weight):
+        return _sum_taps_by_cell(phases, weight, shape, (st1, st2), (sh, sw))
+    out = zeros(coef, *shape)
     og = o // groups
     for a1 in range(ah):
         for a2 in range(aw):
@@ -381,6 +387,46 @@ def _conv_matmuls(
                     dst[:, g * og : (g + 1) * og].addmm_(
                         run[:, g * cg : (g + 1) * cg], tap[g * og : (g + 1) * og].t()
                     )
+    return out
+
+
+def _sum_taps_by_cell(
+    phases: torch.Tensor,
+    weight: torch.Tensor,
+    shape: tuple[int, ...],
+    stride: Pair,
+    window_stride: Pair,
+) -> torch.Tensor:
+    """`_conv_matmuls`' sum over taps for large window cells (`groups == 1`, no autograd): one
+    output window cell (U, V) at a time and a cache-sized tile of its rows at a time, so every
+    tap landing there is summed while the tile is hot; the first tap writes it (no zero fill).
+    Costs more calls than summing tap by tap, so only worth it where a cell is megabytes.
+    """
+    _, _, kh, kw, _, _, wq, b, c = phases.shape
+    o, _, ah, aw = weight.shape
+    (st1, st2), (sh, sw) = stride, window_stride
+    out = empty(phases, *shape)
+    flat = out.view(shape[0], shape[1], -1, o)  # rows (s, i, j, b) of each cell
+    n = flat.shape[2]
+    tile = max(1, TILE_BYTES // (o * out.element_size()))
+    for uu in range(shape[0]):
+        rows = [(a1, uu - a1 * sh) for a1 in range(ah) if 0 <= uu - a1 * sh < kh]
+        for vv in range(shape[1]):
+            cols = [(a2, vv - a2 * sw) for a2 in range(aw) if 0 <= vv - a2 * sw < kw]
+            taps = [
+                (((a1 // st1) * wq + a2 // st2) * b, phases[a1 % st1, a2 % st2, u, v].view(-1, c),
+                 weight[:, :, a1, a2].t())
+                for a1, u in rows for a2, v in cols
+            ]  # fmt: skip
+            for t0 in range(0, n, tile):
+                dst = flat[uu, vv, t0 : t0 + tile]
+                shift, run, tap = taps[0]
+                part = run[shift + t0 : shift + t0 + tile]  # shorter past the last rows
+                torch.mm(part, tap, out=dst[: part.shape[0]])
+                dst[part.shape[0] :].zero_()
+                for shift, run, tap in taps[1:]:
+                    part = run[shift + t0 : shift + t0 + tile]
+                    dst[: part.shape[0]].addmm_(part, tap)
     return out
 
 

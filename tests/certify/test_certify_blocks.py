@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from certify import blocks
 from certify.blocks import Dense, Patches, Sparse, _l1_over_rows
 
 CONVS = [  # (out channels, kernel, stride, padding, groups) on 4 input channels
@@ -28,6 +29,12 @@ def _patches(gen: torch.Generator, depthwise: bool) -> Patches:
     return base.conv(weight, (1, 1), (0, 0), 4 if depthwise else 1)
 
 
+def _padded_patches(gen: torch.Generator) -> Patches:
+    """Windows with stride and padding: taps fall outside the source on every side."""
+    weight = torch.randn(3, 4, 3, 2, generator=gen, dtype=torch.float64)
+    return _patches(gen, False).conv(weight, (2, 1), (1, 1), 1)
+
+
 def _close(a: Dense, b: Dense) -> bool:
     """Same zonotope: equal support functions sum_g |v . g| in random directions v (zero or
     reordered generators do not count, so a sparse and a window block can be compared)."""
@@ -37,10 +44,15 @@ def _close(a: Dense, b: Dense) -> bool:
 
 
 @pytest.mark.parametrize("conv", CONVS)
-@pytest.mark.parametrize("kind", ["sparse", "many sparse", "patches", "depthwise patches"])
-def test_conv_matches_dense(kind: str, conv: tuple) -> None:
-    """("many sparse": enough symbols that the sparse block switches to window patches.)"""
+@pytest.mark.parametrize(
+    "kind", ["sparse", "many sparse", "patches", "patches by cell", "depthwise patches"]
+)
+def test_conv_matches_dense(kind: str, conv: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """("many sparse": enough symbols that the sparse block switches to window patches; "by
+    cell": tiles of two rows, so that even these small windows are summed cell by cell.)"""
     gen = torch.Generator().manual_seed(0)
+    if kind == "patches by cell":
+        monkeypatch.setattr(blocks, "TILE_BYTES", 2 * conv[0] * 8)
     if "sparse" in kind:
         block = _sparse(gen, 0.9 if kind == "many sparse" else 0.1)
     else:
@@ -52,10 +64,15 @@ def test_conv_matches_dense(kind: str, conv: tuple) -> None:
     assert _close(got, want)
 
 
-@pytest.mark.parametrize("kind", ["sparse", "patches", "depthwise patches"])
+@pytest.mark.parametrize("kind", ["sparse", "patches", "padded patches", "depthwise patches"])
 def test_linear_radius_and_scale_match_dense(kind: str) -> None:
     gen = torch.Generator().manual_seed(1)
-    block = _sparse(gen) if kind == "sparse" else _patches(gen, kind == "depthwise patches")
+    if kind == "sparse":
+        block = _sparse(gen)
+    elif kind == "padded patches":
+        block = _padded_patches(gen)
+    else:
+        block = _patches(gen, kind == "depthwise patches")
     dense = block.dense()
     n = dense.coef[0, 0].numel()
     weight = torch.randn(5, n, generator=gen, dtype=torch.float64)
