@@ -23,8 +23,9 @@ import torch
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's upper limit on 64-bit
-TRIM_THRESHOLD_BYTES = 256 * 2**20
+TRIM_THRESHOLD_BYTES = 1024 * 2**20
 MADV_HUGEPAGE = 14  # linux/mman.h
 PAGE_BYTES = 4096
 
@@ -48,6 +49,7 @@ def retain_freed_memory() -> bool:
     return bool(
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+        and mallopt(M_MMAP_MAX, 0)
     )
 
 
