@@ -191,6 +191,10 @@ class Patches:
         keeps_channels = groups == c == o  # per-channel (average pooling)
         if self.depthwise and not (groups == 1 or keeps_channels):
             return self._full().conv(weight, stride, padding, groups)
+        diagonal = self.depthwise and (kh, kw, sh, sw) == (1, 1, 1, 1) and self.padding == (0, 0)
+        if diagonal and groups == 1:
+            out = _diagonal_conv(self.coef, self.post, weight, stride, padding)
+            return Patches(out, stride, padding, self.source, False)
         args = (self.coef, self.post, weight, stride, padding, (sh, sw))
         plane = None
         if self.depthwise or keeps_channels:
@@ -285,6 +289,35 @@ def _tap_range(n_out: int, n_in: int, stride: int, padding: int, tap: int) -> tu
     lo = max(0, -(-(padding - tap) // stride))
     hi = min(n_out, (n_in - 1 - tap + padding) // stride + 1)
     return lo, max(lo, hi), stride * lo + tap - padding
+
+
+def _diagonal_conv(
+    coef: torch.Tensor,
+    post: torch.Tensor | None,
+    weight: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+) -> torch.Tensor:
+    """A convolution (`groups == 1`) of a diagonal block, one symbol per neuron (`coef`
+    `(1, 1, 1, H, W, B, C)`, times `post`): every output window is the kernel scaled by the
+    symbols under it. One broadcast product of a strided view of the zero-padded values with
+    the kernel, written once: `(Ah, Aw, C, Ho, Wo, B, O)`.
+    """
+    _, _, _, h, w, b, c = coef.shape
+    o, _, ah, aw = weight.shape
+    (st1, st2), (p1, p2) = stride, padding
+    ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
+    hp, wp = h + 2 * p1, w + 2 * p2
+    vals = coef[0, 0, 0] if post is None else coef[0, 0, 0] * post  # (H, W, B, C)
+    padded = vals.new_zeros(c, hp, wp, b)
+    padded[:, p1 : p1 + h, p2 : p2 + w] = vals.permute(3, 0, 1, 2)
+    # windows[a1, a2, c, i, j, b] = padded[c, st1 i + a1, st2 j + a2, b]
+    windows = padded.as_strided(
+        (ah, aw, c, ho, wo, b), (wp * b, b, hp * wp * b, st1 * wp * b, st2 * b, 1)
+    )
+    out = empty(coef, ah, aw, c, ho, wo, b, o)
+    _mul_into(out, windows[..., None], weight.permute(2, 3, 1, 0)[:, :, :, None, None, None, :])
+    return out
 
 
 def _conv_products(
