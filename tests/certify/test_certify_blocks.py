@@ -11,6 +11,7 @@ from certify.blocks import Dense, Patches, Sparse, _l1_over_rows
 CONVS = [  # (out channels, kernel, stride, padding, groups) on 4 input channels
     (3, (3, 3), (1, 1), (0, 0), 1),
     (2, (3, 2), (2, 1), (1, 0), 1),
+    (3, (2, 3), (1, 2), (1, 1), 1),
     (4, (2, 2), (2, 2), (1, 1), 4),
     (4, (3, 3), (1, 1), (1, 1), 2),
 ]
