@@ -229,18 +229,24 @@ class Patches:
                     dst.addcmul_(vals[u, v], wt)
             img = canvas[:, :, ph : ph + src_h, pw : pw + src_w]
             return Dense(img.reshape(b, -1, m))
-        # rows[i, j, u] = the window row u of the neurons at (i, j): `(Kw * Cs * B, C)`, with
-        # `post` applied on the way; each is multiplied by that position's weights straight
-        # into the canvas row it covers, `(Kw, Cs, B, M)` contiguous
-        rows = empty(self.coef, h, w, kh, kw, cs, b, c)
-        coef = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
-        if self.post is None:
-            rows.copy_(coef)
-        else:
-            _mul_into(rows, coef, self.post[:, :, None, None, None])
         # (L, C, M) contiguous, as a 2-D transpose and a copy of whole M-rows (one transposing
         # copy of all three axes is about 10x slower)
         wl = weight.t().contiguous().view(c, h * w, m).transpose(0, 1).contiguous()
+        # rows[i, j, u] = the window row u of the neurons at (i, j), `(Kw * Cs * B, C)`, is
+        # multiplied by that position's weights straight into the canvas row it covers,
+        # `(Kw, Cs, B, M)` contiguous. One sample's window rows are matrices as they lie, with
+        # `post` folded into the weights; several samples' are copied together, `post` applied.
+        if b == 1:
+            rows = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
+            if self.post is not None:
+                wl = wl * self.post.reshape(h * w, c, 1)
+        else:
+            rows = empty(self.coef, h, w, kh, kw, cs, b, c)
+            coef = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
+            if self.post is None:
+                rows.copy_(coef)
+            else:
+                _mul_into(rows, coef, self.post[:, :, None, None, None])
         # the canvas is the source itself (taps outside it are zero by construction), laid
         # out (y, x, s, b, m) so that the dense block is a view, `(B, G, M)` with G = (y, x, s)
         canvas = zeros(rows, src_h, src_w, cs, b, m)

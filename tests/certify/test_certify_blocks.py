@@ -24,16 +24,16 @@ def _sparse(gen: torch.Generator, density: float = 0.1) -> Sparse:
     return Sparse.nonzeros(x)
 
 
-def _patches(gen: torch.Generator, depthwise: bool) -> Patches:
-    base = Patches.diagonal(torch.rand(3, 4, 9, 8, generator=gen, dtype=torch.float64))
+def _patches(gen: torch.Generator, depthwise: bool, samples: int = 3) -> Patches:
+    base = Patches.diagonal(torch.rand(samples, 4, 9, 8, generator=gen, dtype=torch.float64))
     weight = torch.randn(4, 1 if depthwise else 4, 2, 2, generator=gen, dtype=torch.float64)
     return base.conv(weight, (1, 1), (0, 0), 4 if depthwise else 1)
 
 
-def _padded_patches(gen: torch.Generator) -> Patches:
+def _padded_patches(gen: torch.Generator, samples: int = 3) -> Patches:
     """Windows with stride and padding: taps fall outside the source on every side."""
     weight = torch.randn(3, 4, 3, 2, generator=gen, dtype=torch.float64)
-    return _patches(gen, False).conv(weight, (2, 1), (1, 1), 1)
+    return _patches(gen, False, samples).conv(weight, (2, 1), (1, 1), 1)
 
 
 def _close(a: Dense, b: Dense) -> bool:
@@ -65,22 +65,25 @@ def test_conv_matches_dense(kind: str, conv: tuple, monkeypatch: pytest.MonkeyPa
     assert _close(got, want)
 
 
+@pytest.mark.parametrize("samples", [1, 3])
 @pytest.mark.parametrize("kind", ["sparse", "patches", "padded patches", "depthwise patches"])
-def test_linear_radius_and_scale_match_dense(kind: str) -> None:
+def test_linear_radius_and_scale_match_dense(kind: str, samples: int) -> None:
+    """(A window block of one sample is multiplied as it lies, several samples' are copied.)"""
     gen = torch.Generator().manual_seed(1)
     if kind == "sparse":
         block = _sparse(gen)
     elif kind == "padded patches":
-        block = _padded_patches(gen)
+        block = _padded_patches(gen, samples)
     else:
-        block = _patches(gen, kind == "depthwise patches")
+        block = _patches(gen, kind == "depthwise patches", samples)
     dense = block.dense()
     n = dense.coef[0, 0].numel()
     weight = torch.randn(5, n, generator=gen, dtype=torch.float64)
     assert _close(block.linear(weight), dense.linear(weight))
     assert torch.allclose(block.radius(), dense.radius())
-    s = torch.randn(3, *block.shape, generator=gen, dtype=torch.float64)
+    s = torch.randn(dense.coef.shape[0], *block.shape, generator=gen, dtype=torch.float64)
     assert _close(block.scale(s).dense(), dense.scale(s))
+    assert _close(block.scale(s).linear(weight), dense.scale(s).linear(weight))
     assert _close(dense.scale(s).linear(weight), Dense(dense.scale(s).values()).linear(weight))
 
 
