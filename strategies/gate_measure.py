@@ -31,6 +31,7 @@ A rejected candidate's other metrics may be partial or NaN (not measured): the v
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
@@ -166,12 +167,15 @@ class _Tasks:
     def run(self, kind: str, arg: object, server_round: int) -> tuple[int, int, float, float]:
         """(points, hits, certified loss sum, busy seconds) of the task `kind` on `arg`."""
         t, model, gate = time.perf_counter(), self.model, self.gate
+        if kind in ("clean", "pgd"):  # torch's CPU convolutions run faster channels-last
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         if kind == "clean":
             r = evaluate(model, self.val, gate.batch_size)
             return r.n, round(r.accuracy * r.n), 0.0, time.perf_counter() - t
         if kind == "pgd":
             block, index = arg  # type: ignore[misc]
             x, y = to_float(self.val.x[index]), self.val.y[index]
+            x = x.contiguous(memory_format=torch.channels_last)
             generator = torch_generator(self.seed, "gate-pgd", server_round, block)
             x_adv = pgd(model, x, y, self.attack(), generator)
             with torch.no_grad():
