@@ -32,6 +32,8 @@ from certify.allocator import empty, zeros
 Pair = tuple[int, int]
 
 TILE_BYTES = 2**20  # output rows summed at once by `_conv_matmuls`: about an L2 cache
+# below this many rows per window row product, a Linear layer multiplies all windows at once
+SMALL_PRODUCT_ROWS = 256
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -250,16 +252,10 @@ class Patches:
         # the canvas is the source itself (taps outside it are zero by construction), laid
         # out (y, x, s, b, m) so that the dense block is a view, `(B, G, M)` with G = (y, x, s)
         canvas = zeros(rows, src_h, src_w, cs, b, m)
-        for y in range(src_h):  # row by row, each hot while it is summed
-            r = y + ph
-            for i in range(max(0, -(-(r - kh + 1) // sh)), min(h, r // sh + 1)):
-                for j in range(w):
-                    x0, x1 = max(0, sw * j - pw), min(src_w, sw * j - pw + kw)
-                    if x0 >= x1:
-                        continue
-                    v0 = x0 - (sw * j - pw)
-                    dst = canvas[y, x0:x1].view(-1, m)
-                    dst.addmm_(rows[i, j, r - sh * i, v0 : v0 + x1 - x0].view(-1, c), wl[i * w + j])
+        if kw * cs * b < SMALL_PRODUCT_ROWS:
+            _add_window_products(canvas, rows, wl, self.stride, self.padding)
+        else:
+            _add_window_rows(canvas, rows, wl, self.stride, self.padding)
         return Dense(canvas.permute(3, 0, 1, 2, 4).reshape(b, -1, m))
 
     def dense(self) -> Dense:
@@ -287,6 +283,51 @@ class Patches:
         eye = torch.eye(c, dtype=self.coef.dtype, device=self.coef.device)
         coef = self.values() * eye.view(1, 1, c, 1, 1, 1, c)
         return Patches(coef, self.stride, self.padding, self.source, False)
+
+
+def _window_span(start: int, size: int, bound: int) -> tuple[int, int, int]:
+    """The part `[lo, hi)` of the window `[start, start + size)` inside `[0, bound)`, and the
+    window offset of `lo`."""
+    lo, hi = max(0, start), min(bound, start + size)
+    return lo, max(lo, hi), lo - start
+
+
+def _add_window_rows(
+    canvas: torch.Tensor, rows: torch.Tensor, wl: torch.Tensor, stride: Pair, padding: Pair
+) -> None:
+    """canvas[y, x] += the windows' rows times their position's weights, canvas row by canvas
+    row (each hot while it is summed): one `addmm_` per canvas row, window row and position,
+    straight into the canvas. `rows` `(H, W, Kh, Kw, Cs, B, C)`, `wl` `(H*W, C, M)`, `canvas`
+    `(Y, X, Cs, B, M)`."""
+    h, w, kh, kw, _, _, c = rows.shape
+    src_h, src_w, *_, m = canvas.shape
+    (sh, sw), (ph, pw) = stride, padding
+    for y in range(src_h):
+        r = y + ph
+        for i in range(max(0, -(-(r - kh + 1) // sh)), min(h, r // sh + 1)):
+            for j in range(w):
+                x0, x1, v0 = _window_span(sw * j - pw, kw, src_w)
+                if x0 < x1:
+                    dst = canvas[y, x0:x1].view(-1, m)
+                    dst.addmm_(rows[i, j, r - sh * i, v0 : v0 + x1 - x0].view(-1, c), wl[i * w + j])
+
+
+def _add_window_products(
+    canvas: torch.Tensor, rows: torch.Tensor, wl: torch.Tensor, stride: Pair, padding: Pair
+) -> None:
+    """The same sum as `_add_window_rows` for small windows rows (few source channels and
+    samples): all positions' windows in one batched product, then each window added onto the
+    canvas (a temporary the size of all windows, against thousands of small products)."""
+    h, w, kh, kw, cs, b, c = rows.shape
+    src_h, src_w, *_, m = canvas.shape
+    (sh, sw), (ph, pw) = stride, padding
+    windows = torch.bmm(rows.reshape(h * w, -1, c), wl).view(h, w, kh, kw, cs, b, m)
+    for i in range(h):
+        y0, y1, u0 = _window_span(sh * i - ph, kh, src_h)
+        for j in range(w):
+            x0, x1, v0 = _window_span(sw * j - pw, kw, src_w)
+            if y0 < y1 and x0 < x1:
+                canvas[y0:y1, x0:x1] += windows[i, j, u0 : u0 + y1 - y0, v0 : v0 + x1 - x0]
 
 
 def _tap_range(n_out: int, n_in: int, stride: int, padding: int, tap: int) -> tuple[int, int, int]:

@@ -65,10 +65,15 @@ def test_conv_matches_dense(kind: str, conv: tuple, monkeypatch: pytest.MonkeyPa
     assert _close(got, want)
 
 
+@pytest.mark.parametrize("small_rows", [256, 0])
 @pytest.mark.parametrize("samples", [1, 3])
 @pytest.mark.parametrize("kind", ["sparse", "patches", "padded patches", "depthwise patches"])
-def test_linear_radius_and_scale_match_dense(kind: str, samples: int) -> None:
-    """(A window block of one sample is multiplied as it lies, several samples' are copied.)"""
+def test_linear_radius_and_scale_match_dense(
+    kind: str, samples: int, small_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(A window block of one sample is multiplied as it lies, several samples' are copied;
+    small windows are multiplied all at once, large ones window row by window row.)"""
+    monkeypatch.setattr(blocks, "SMALL_PRODUCT_ROWS", small_rows)
     gen = torch.Generator().manual_seed(1)
     if kind == "sparse":
         block = _sparse(gen)
