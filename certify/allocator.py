@@ -2,15 +2,19 @@
 
 glibc serves every allocation above its mmap threshold (128 KiB at first, raised dynamically up
 to 32 MiB) with fresh pages from the kernel and returns them on free; the zonotope's window
-blocks and canvases are megabytes each and short-lived, so without this every layer pays page
-faults and zeroing again. Raising the mmap threshold to its maximum (32 MiB on 64-bit) and the
-trim threshold to 256 MiB keeps them in the heap: conv-small on MNIST at eps 0.1 certifies about
-1.35x faster on one thread (bench/certify_layers.py). The cost is up to 256 MiB of freed memory
-the process keeps instead of returning. A no-op where the C library is not glibc.
+blocks and canvases are megabytes each (100+ MiB per CIFAR-10 sample) and short-lived, so
+without this every layer pays page faults and zeroing again. `retain_freed_memory` turns glibc's
+mmap off (M_MMAP_MAX 0, and the threshold at its maximum) and trims the heap's top only past
+1 GiB, so freed blocks of any size serve the next chunk: conv-small on MNIST at eps 0.1
+certifies about 1.3x faster on one thread, cifar-cnn on CIFAR-10 at 8/255 about 1.25x
+(bench/certify_layers.py, `this, default malloc`). The cost is up to 1 GiB of freed memory the
+process keeps instead of returning (in practice what the certifier peaked at: one chunk's
+working set). A thread whose arena cannot grow falls back to the main heap. A no-op where the
+C library is not glibc.
 
-Blocks past the mmap threshold still come fresh from the kernel on every allocation (CIFAR-10
-conv nets hold windows of 100+ MiB per sample); `zeros` advises those into transparent huge
-pages before touching them, one page fault per 2 MiB instead of per 4 KiB.
+`empty` and `zeros` advise blocks past 32 MiB into transparent huge pages before anything
+touches them: where the heap grows (or the kernel reclaimed idle pages), the first touch faults
+once per 2 MiB instead of once per 4 KiB.
 """
 
 from __future__ import annotations
