@@ -6,8 +6,9 @@ Processes, not threads: in the server process, two worker threads spent 4.2 busy
 round certifying 1000 MNIST points (conv-small, eps 0.1; `bench/gate_cost.py`), two worker
 processes 3.4, and the gate's time fell from 2.4 to 2.0 s per round. In a bare script the two
 certify equally fast (2.6 ms per point alone, 3.4 in each of two threads or two processes), so
-the difference is the server's process itself: its own threads (Flower's) share the interpreter
-lock that the certifier's thousands of small torch calls per chunk take and release.
+the difference comes from the server process (likely its own threads, Flower's, taking the
+interpreter lock that the certifier's thousands of small torch calls take and release; not
+isolated).
 
 The model's parameters and the data sets live in shared memory: a worker unpickles views of
 the parent's tensors, so loading the next candidate into the parent's model (in place, with no
