@@ -12,7 +12,7 @@ points chunk by chunk as the gate's workers do (their own tree's chunk size) and
 * `this`: the working tree as it is;
 * `this, default malloc`: the same without `certify.allocator.retain_freed_memory`;
 * `REV` (with --against): the same script's worker run on a temporary `git worktree` of REV,
-  i.e. the certifier before a change.
+  i.e. the certifier before a change (with its own allocator settings, where it has them).
 
 Workers alternate for --reps rounds and the fastest round of each is kept. The script prints ms
 per point per layer, the total's ratio to the first baseline, and the largest difference of the
@@ -46,9 +46,12 @@ def worker(payload_path: str, out_path: str) -> None:
     payload = torch.load(payload_path, weights_only=False)
     torch.set_num_threads(payload["threads"])
     if payload["retain"]:
-        from certify.allocator import retain_freed_memory
-
-        retain_freed_memory()
+        try:  # a revision from before the allocator module runs with glibc's defaults
+            from certify.allocator import retain_freed_memory
+        except ImportError:
+            pass
+        else:
+            retain_freed_memory()
     from certify.analysis import linf_region
     from certify.domains import Zonotope
     from certify.metrics import chunk_size
@@ -152,7 +155,7 @@ def main() -> None:
             base = Path(tmp) / "baseline"
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base),
                             args.against], check=True)  # fmt: skip
-            trees = {args.against: (base, False), **trees}
+            trees = {args.against: (base, True), **trees}
         results: dict[str, dict] = {}
         try:
             for _ in range(args.reps):

@@ -27,43 +27,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from certify.allocator import empty, zeros
+
 Pair = tuple[int, int]
+
+TILE_BYTES = 2**20  # output rows summed at once by `_conv_matmuls`: about an L2 cache
+# below this many rows per window row product, a Linear layer multiplies all windows at once
+SMALL_PRODUCT_ROWS = 256
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a convolution along one axis (dilation 1)."""
     return (size + 2 * padding - kernel) // stride + 1
-
-
-def fold_windows(
-    z: torch.Tensor, stride: Pair, padding: Pair, out_hw: tuple[int, int], lead: int = 1
-) -> torch.Tensor:
-    """Sum a grid of windows `z` `(gh, gw, *lead, kh, kw, *rest)`, window (i, j) placed at
-    `stride * (i, j) - padding`, onto a `(*lead, *out_hw, *rest)` canvas: what `F.fold` does,
-    with one strided add per grid cell or per window tap, whichever is fewer (no loop over
-    samples, which torch's CPU col2im has).
-    """
-    gh, gw = z.shape[:2]
-    kh, kw = z.shape[2 + lead : 4 + lead]
-    (sh, sw), (ph, pw) = stride, padding
-    ch, cw = max(sh * (gh - 1) + kh, ph + out_hw[0]), max(sw * (gw - 1) + kw, pw + out_hw[1])
-    canvas = z.new_zeros(*z.shape[2 : 2 + lead], ch, cw, *z.shape[4 + lead :])
-    at = (slice(None),) * lead
-    if kh * kw <= gh * gw:
-        for u in range(kh):
-            for v in range(kw):
-                rows, cols = (
-                    slice(u, u + sh * (gh - 1) + 1, sh),
-                    slice(v, v + sw * (gw - 1) + 1, sw),
-                )
-                canvas[(*at, rows, cols)] += z[(slice(None), slice(None), *at, u, v)].movedim(
-                    (0, 1), (lead, lead + 1)
-                )
-    else:
-        for i in range(gh):
-            for j in range(gw):
-                canvas[(*at, slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw))] += z[i, j]
-    return canvas[(*at, slice(ph, ph + out_hw[0]), slice(pw, pw + out_hw[1]))]
 
 
 def _tracks_grad(*tensors: torch.Tensor) -> bool:
@@ -119,7 +94,7 @@ class Dense:
     def radius(self) -> torch.Tensor:
         """Per-neuron sum of |coefficient| over the block's generators, `(B, *shape)`."""
         b, g = self.coef.shape[:2]
-        r = self.coef.reshape(b, g, -1).abs().sum(1).view(b, *self.shape)
+        r = _l1_over_rows(self.coef.reshape(b, g, -1).transpose(0, 1)).view(b, *self.shape)
         return r if self.post is None else r * self.post.abs()
 
     def scale(self, s: torch.Tensor) -> Dense:
@@ -218,6 +193,10 @@ class Patches:
         keeps_channels = groups == c == o  # per-channel (average pooling)
         if self.depthwise and not (groups == 1 or keeps_channels):
             return self._full().conv(weight, stride, padding, groups)
+        diagonal = self.depthwise and (kh, kw, sh, sw) == (1, 1, 1, 1) and self.padding == (0, 0)
+        if diagonal and groups == 1:
+            out = _diagonal_conv(self.coef, self.post, weight, stride, padding)
+            return Patches(out, stride, padding, self.source, False)
         args = (self.coef, self.post, weight, stride, padding, (sh, sw))
         plane = None
         if self.depthwise or keeps_channels:
@@ -237,36 +216,47 @@ class Patches:
         kh, kw, cs, h, w, b, c = self.coef.shape
         m = weight.shape[0]
         src_c, src_h, src_w = self.source
-        wl = weight.reshape(m, c, h * w).permute(2, 1, 0)  # (L, C, M)
         if self.depthwise and (kh, kw, h, w) == (1, 1, src_h, src_w):  # diagonal: scale rows
             diag = self.values().reshape(h * w, b, c).permute(1, 2, 0).reshape(b, -1)
             return Dense(diag[:, :, None] * weight.t())
-        if self.depthwise:  # z[l, c, u, v, b, m]: source channel = neuron channel, no sum
-            z = self.values().reshape(kh, kw, h * w, b, c).permute(2, 4, 0, 1, 3)[..., None]
-            z = (z * wl[:, :, None, None, None, :]).reshape(h, w, c, kh, kw, b, m)
-            z = z.permute(0, 1, 5, 2, 3, 4, 6)  # (h, w, b, s, kh, kw, m)
-            img = fold_windows(z, self.stride, self.padding, (src_h, src_w), lead=2)
-            return Dense(img.reshape(b, -1, m))
-        # rows[i, j, u] = the window row u of the neurons at (i, j): `(Kw * Cs * B, C)`, with
-        # `post` applied on the way; each is multiplied by that position's weights straight
-        # into the canvas row it covers, `(Kw, Cs, B, M)` contiguous
-        rows = self.coef.new_empty(h, w, kh, kw, cs, b, c)
-        coef = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
-        if self.post is None:
-            rows.copy_(coef)
-        else:
-            _mul_into(rows, coef, self.post[:, :, None, None, None])
-        wl = wl.contiguous()
         (sh, sw), (ph, pw) = self.stride, self.padding
-        ch, cw = max(sh * (h - 1) + kh, ph + src_h), max(sw * (w - 1) + kw, pw + src_w)
-        canvas = rows.new_zeros(ch, cw, cs, b, m)
-        for i in range(h):
-            for j in range(w):
-                for u in range(kh):
-                    dst = canvas[sh * i + u, sw * j : sw * j + kw].view(-1, m)
-                    dst.addmm_(rows[i, j, u].view(-1, c), wl[i * w + j])
-        img = canvas[ph : ph + src_h, pw : pw + src_w].permute(3, 2, 0, 1, 4)
-        return Dense(img.reshape(b, -1, m))
+        if self.depthwise:  # source channel = neuron channel: one product per tap, no sums
+            vals = self.values()[:, :, 0].permute(0, 1, 4, 5, 2, 3)[..., None]  # (u,v,b,c,h,w,1)
+            wt = weight.reshape(m, c, h, w).permute(1, 2, 3, 0)  # (c, h, w, m)
+            ch, cw = max(sh * (h - 1) + kh, ph + src_h), max(sw * (w - 1) + kw, pw + src_w)
+            canvas = zeros(vals, b, c, ch, cw, m)
+            for u in range(kh):
+                for v in range(kw):
+                    dst = canvas[:, :, u : u + sh * (h - 1) + 1 : sh, v : v + sw * (w - 1) + 1 : sw]
+                    dst.addcmul_(vals[u, v], wt)
+            img = canvas[:, :, ph : ph + src_h, pw : pw + src_w]
+            return Dense(img.reshape(b, -1, m))
+        # (L, C, M) contiguous, as a 2-D transpose and a copy of whole M-rows (one transposing
+        # copy of all three axes is about 10x slower)
+        wl = weight.t().contiguous().view(c, h * w, m).transpose(0, 1).contiguous()
+        # rows[i, j, u] = the window row u of the neurons at (i, j), `(Kw * Cs * B, C)`, is
+        # multiplied by that position's weights straight into the canvas row it covers,
+        # `(Kw, Cs, B, M)` contiguous. One sample's window rows are matrices as they lie, with
+        # `post` folded into the weights; several samples' are copied together, `post` applied.
+        if b == 1:
+            rows = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
+            if self.post is not None:
+                wl = wl * self.post.reshape(h * w, c, 1)
+        else:
+            rows = empty(self.coef, h, w, kh, kw, cs, b, c)
+            coef = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
+            if self.post is None:
+                rows.copy_(coef)
+            else:
+                _mul_into(rows, coef, self.post[:, :, None, None, None])
+        # the canvas is the source itself (taps outside it are zero by construction), laid
+        # out (y, x, s, b, m) so that the dense block is a view, `(B, G, M)` with G = (y, x, s)
+        canvas = zeros(rows, src_h, src_w, cs, b, m)
+        if kw * cs * b < SMALL_PRODUCT_ROWS:
+            _add_window_products(canvas, rows, wl, self.stride, self.padding)
+        else:
+            _add_window_rows(canvas, rows, wl, self.stride, self.padding)
+        return Dense(canvas.permute(3, 0, 1, 2, 4).reshape(b, -1, m))
 
     def dense(self) -> Dense:
         """Scatter every window into its place on the source: `(B, G, C, H, W)`."""
@@ -279,7 +269,7 @@ class Patches:
         cols = sw * torch.arange(w, device=dev) + torch.arange(kw, device=dev)[:, None]
         index = (rows[:, None, :, None] * cw + cols[None, :, None, :]).reshape(1, -1, 1, 1, h, w)
         src = self.values().permute(2, 0, 1, 5, 6, 3, 4).reshape(cs, kh * kw, b, c, h, w)
-        canvas = src.new_zeros(cs, ch * cw, b, c, h, w)
+        canvas = zeros(src, cs, ch * cw, b, c, h, w)
         canvas = canvas.scatter(1, index.expand(cs, -1, b, c, -1, -1), src)
         canvas = canvas.view(cs, ch, cw, b, c, h, w)[:, ph : ph + src_h, pw : pw + src_w]
         if self.depthwise:
@@ -295,12 +285,86 @@ class Patches:
         return Patches(coef, self.stride, self.padding, self.source, False)
 
 
+def _window_span(start: int, size: int, bound: int) -> tuple[int, int, int]:
+    """The part `[lo, hi)` of the window `[start, start + size)` inside `[0, bound)`, and the
+    window offset of `lo`."""
+    lo, hi = max(0, start), min(bound, start + size)
+    return lo, max(lo, hi), lo - start
+
+
+def _add_window_rows(
+    canvas: torch.Tensor, rows: torch.Tensor, wl: torch.Tensor, stride: Pair, padding: Pair
+) -> None:
+    """canvas[y, x] += the windows' rows times their position's weights, canvas row by canvas
+    row (each hot while it is summed): one `addmm_` per canvas row, window row and position,
+    straight into the canvas. `rows` `(H, W, Kh, Kw, Cs, B, C)`, `wl` `(H*W, C, M)`, `canvas`
+    `(Y, X, Cs, B, M)`."""
+    h, w, kh, kw, _, _, c = rows.shape
+    src_h, src_w, *_, m = canvas.shape
+    (sh, sw), (ph, pw) = stride, padding
+    for y in range(src_h):
+        r = y + ph
+        for i in range(max(0, -(-(r - kh + 1) // sh)), min(h, r // sh + 1)):
+            for j in range(w):
+                x0, x1, v0 = _window_span(sw * j - pw, kw, src_w)
+                if x0 < x1:
+                    dst = canvas[y, x0:x1].view(-1, m)
+                    dst.addmm_(rows[i, j, r - sh * i, v0 : v0 + x1 - x0].view(-1, c), wl[i * w + j])
+
+
+def _add_window_products(
+    canvas: torch.Tensor, rows: torch.Tensor, wl: torch.Tensor, stride: Pair, padding: Pair
+) -> None:
+    """The same sum as `_add_window_rows` for small windows rows (few source channels and
+    samples): all positions' windows in one batched product, then each window added onto the
+    canvas (a temporary the size of all windows, against thousands of small products)."""
+    h, w, kh, kw, cs, b, c = rows.shape
+    src_h, src_w, *_, m = canvas.shape
+    (sh, sw), (ph, pw) = stride, padding
+    windows = torch.bmm(rows.reshape(h * w, -1, c), wl).view(h, w, kh, kw, cs, b, m)
+    for i in range(h):
+        y0, y1, u0 = _window_span(sh * i - ph, kh, src_h)
+        for j in range(w):
+            x0, x1, v0 = _window_span(sw * j - pw, kw, src_w)
+            if y0 < y1 and x0 < x1:
+                canvas[y0:y1, x0:x1] += windows[i, j, u0 : u0 + y1 - y0, v0 : v0 + x1 - x0]
+
+
 def _tap_range(n_out: int, n_in: int, stride: int, padding: int, tap: int) -> tuple[int, int, int]:
     """Outputs `[lo, hi)` whose kernel `tap` lands inside the `n_in` inputs, and the input the
     first of them reads (`stride * lo + tap - padding`)."""
     lo = max(0, -(-(padding - tap) // stride))
     hi = min(n_out, (n_in - 1 - tap + padding) // stride + 1)
     return lo, max(lo, hi), stride * lo + tap - padding
+
+
+def _diagonal_conv(
+    coef: torch.Tensor,
+    post: torch.Tensor | None,
+    weight: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+) -> torch.Tensor:
+    """A convolution (`groups == 1`) of a diagonal block, one symbol per neuron (`coef`
+    `(1, 1, 1, H, W, B, C)`, times `post`): every output window is the kernel scaled by the
+    symbols under it. One broadcast product of a strided view of the zero-padded values with
+    the kernel, written once: `(Ah, Aw, C, Ho, Wo, B, O)`.
+    """
+    _, _, _, h, w, b, c = coef.shape
+    o, _, ah, aw = weight.shape
+    (st1, st2), (p1, p2) = stride, padding
+    ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
+    hp, wp = h + 2 * p1, w + 2 * p2
+    vals = coef[0, 0, 0] if post is None else coef[0, 0, 0] * post  # (H, W, B, C)
+    padded = vals.new_zeros(c, hp, wp, b)
+    padded[:, p1 : p1 + h, p2 : p2 + w] = vals.permute(3, 0, 1, 2)
+    # windows[a1, a2, c, i, j, b] = padded[c, st1 i + a1, st2 j + a2, b]
+    windows = padded.as_strided(
+        (ah, aw, c, ho, wo, b), (wp * b, b, hp * wp * b, st1 * wp * b, st2 * b, 1)
+    )
+    out = empty(coef, ah, aw, c, ho, wo, b, o)
+    _mul_into(out, windows[..., None], weight.permute(2, 3, 1, 0)[:, :, :, None, None, None, :])
+    return out
 
 
 def _conv_products(
@@ -324,7 +388,7 @@ def _conv_products(
     (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
     ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
     out_cs = cs if per_channel else c
-    out = coef.new_zeros(kh + (ah - 1) * sh, kw + (aw - 1) * sw, out_cs, ho, wo, b, o)
+    out = zeros(coef, kh + (ah - 1) * sh, kw + (aw - 1) * sw, out_cs, ho, wo, b, o)
     for a1 in range(ah):
         i_lo, i_hi, y0 = _tap_range(ho, h, st1, p1, a1)
         for a2 in range(aw):
@@ -372,7 +436,7 @@ def _conv_matmuls(
     o, cg, ah, aw = weight.shape
     (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
     hq, wq = -(-(h + 2 * p1) // st1), -(-(w + 2 * p2) // st2)
-    phases = coef.new_zeros(st1, st2, kh, kw, cs, hq, wq, b, c)
+    phases = zeros(coef, st1, st2, kh, kw, cs, hq, wq, b, c)
     # phases[r1, r2, ..., i, j, :, :] = the zero-padded input at (st1 i + r1, st2 j + r2)
     for r1 in range(st1):
         i0, _, y0 = _tap_range(hq, h, st1, p1, r1)
@@ -386,7 +450,11 @@ def _conv_matmuls(
                 dst.copy_(src)
             else:
                 _mul_into(dst, src, post[y0::st1, x0::st2])
-    out = coef.new_zeros(kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, hq, wq, b, o)
+    shape = (kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, hq, wq, b, o)
+    cell_bytes = math.prod(shape[2:]) * coef.element_size()
+    if groups == 1 and cell_bytes >= TILE_BYTES and not _tracks_grad(phases, weight):
+        return _sum_taps_by_cell(phases, weight, shape, (st1, st2), (sh, sw))
+    out = zeros(coef, *shape)
     og = o // groups
     for a1 in range(ah):
         for a2 in range(aw):
@@ -399,6 +467,46 @@ def _conv_matmuls(
                     dst[:, g * og : (g + 1) * og].addmm_(
                         run[:, g * cg : (g + 1) * cg], tap[g * og : (g + 1) * og].t()
                     )
+    return out
+
+
+def _sum_taps_by_cell(
+    phases: torch.Tensor,
+    weight: torch.Tensor,
+    shape: tuple[int, ...],
+    stride: Pair,
+    window_stride: Pair,
+) -> torch.Tensor:
+    """`_conv_matmuls`' sum over taps for large window cells (`groups == 1`, no autograd): one
+    output window cell (U, V) at a time and a cache-sized tile of its rows at a time, so every
+    tap landing there is summed while the tile is hot; the first tap writes it (no zero fill).
+    Costs more calls than summing tap by tap, so only worth it where a cell is megabytes.
+    """
+    _, _, kh, kw, _, _, wq, b, c = phases.shape
+    o, _, ah, aw = weight.shape
+    (st1, st2), (sh, sw) = stride, window_stride
+    out = empty(phases, *shape)
+    flat = out.view(shape[0], shape[1], -1, o)  # rows (s, i, j, b) of each cell
+    n = flat.shape[2]
+    tile = max(1, TILE_BYTES // (o * out.element_size()))
+    for uu in range(shape[0]):
+        rows = [(a1, uu - a1 * sh) for a1 in range(ah) if 0 <= uu - a1 * sh < kh]
+        for vv in range(shape[1]):
+            cols = [(a2, vv - a2 * sw) for a2 in range(aw) if 0 <= vv - a2 * sw < kw]
+            taps = [
+                (((a1 // st1) * wq + a2 // st2) * b, phases[a1 % st1, a2 % st2, u, v].view(-1, c),
+                 weight[:, :, a1, a2].t())
+                for a1, u in rows for a2, v in cols
+            ]  # fmt: skip
+            for t0 in range(0, n, tile):
+                dst = flat[uu, vv, t0 : t0 + tile]
+                shift, run, tap = taps[0]
+                part = run[shift + t0 : shift + t0 + tile]  # shorter past the last rows
+                torch.mm(part, tap, out=dst[: part.shape[0]])
+                dst[part.shape[0] :].zero_()
+                for shift, run, tap in taps[1:]:
+                    part = run[shift + t0 : shift + t0 + tile]
+                    dst[: part.shape[0]].addmm_(part, tap)
     return out
 
 
@@ -471,7 +579,7 @@ class Sparse:
 
     def dense(self) -> Dense:
         b, k = self.value.shape
-        coef = self.value.new_zeros(b, k, math.prod(self.shape))
+        coef = zeros(self.value, b, k, math.prod(self.shape))
         coef = coef.scatter(2, self.index[..., None], self.value[..., None])
         return Dense(coef.view(b, k, *self.shape))
 

@@ -319,9 +319,9 @@ class GateConfig(Section):
     budget_mb: int = param(256, "certifier working memory per chunk (MiB)", ge=1)
     batch_size: int = param(500, "PGD validation batch (a block of the pool scheduler)", ge=1)
     scheduler: Literal["pool", "serial"] = param(
-        "pool", "pool (worker threads share the checks) | serial (one pass)"
+        "pool", "pool (worker processes share the checks) | serial (one pass)"
     )
-    workers: int = param(2, "pool: threads, each running torch with one thread", ge=1)
+    workers: int = param(2, "pool: processes, each running torch with one thread", ge=1)
     early_verdict: bool = param(
         True, "pool: stop measuring once the verdict is known (not with shadow rules)"
     )

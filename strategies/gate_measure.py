@@ -8,9 +8,9 @@ Two schedulers (`gate.scheduler`):
   holds a core, and the gate then runs 10-40x slower than its work needs.
 * `pool` (default): the work is cut into independent tasks (clean accuracy; PGD on blocks of
   `gate.batch-size` validation points in a seeded random order; certification of slices of the
-  certification set per radius) that `gate.workers` threads take from one queue, each running
-  torch with a single thread on its own copy of the model. A busy core then delays one task,
-  not every operation of both threads.
+  certification set per radius) that `gate.workers` worker processes take in queue order, each
+  running torch with a single thread (strategies/gate_workers.py). A busy core then delays one
+  task, not every operation of both workers.
 
 Early verdict (`pool` with `gate.early-verdict`, given the rule's bounds): measuring stops as
 soon as the verdict is known.
@@ -31,13 +31,13 @@ A rejected candidate's other metrics may be partial or NaN (not measured): the v
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -54,6 +54,7 @@ from core.gate_rule import Bound
 from core.params import load_record
 from core.seeds import torch_generator
 from core.training import evaluate
+from strategies.gate_workers import WorkerPool
 
 # certification chunks of a single-threaded worker (see certify.metrics.chunk_size)
 SINGLE_THREAD_CHUNK_BYTES = 128 * 2**20
@@ -75,17 +76,6 @@ class Measurer(Protocol):
     def __call__(
         self, arrays: ArrayRecord, server_round: int, bounds: Sequence[Bound] = ()
     ) -> MeasureResult: ...
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch's intra-op work on `n` threads inside the block, then restore the setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def serfling_halfwidth(n: int, total: int, looks: int, delta: float) -> float:
@@ -124,20 +114,17 @@ class _Progress:
     delta: float
     looks: int
     stop: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, key: str, n: int, hits: int, loss_sum: float, seconds: float) -> None:
-        with self.lock:
-            t = self.tallies[key]
-            t.n, t.hits, t.loss_sum, t.seconds = (
-                t.n + n, t.hits + hits, t.loss_sum + loss_sum, t.seconds + seconds,
-            )  # fmt: skip
-            if self.early:
-                self._settle(key)
+        t = self.tallies[key]
+        t.n, t.hits, t.loss_sum, t.seconds = (
+            t.n + n, t.hits + hits, t.loss_sum + loss_sum, t.seconds + seconds,
+        )  # fmt: skip
+        if self.early:
+            self._settle(key)
 
     def needed(self, key: str) -> bool:
-        with self.lock:
-            return not self.stop and not self.tallies[key].decided
+        return not self.stop and not self.tallies[key].decided
 
     def _settle(self, key: str) -> None:
         """Early verdicts on the check `key` feeds (see the module docstring)."""
@@ -160,6 +147,48 @@ class _Progress:
                 self.stop = f"pgd_acc below {max(b.bound for b in mine):.4g} (n={t.n})"
             elif all(low >= b.bound for b in mine) and t.n < t.total:
                 t.decided = True
+
+
+@dataclass(frozen=True)
+class _Tasks:
+    """Runs one measuring task on `model` (picklable: what a worker process is given)."""
+
+    model: nn.Module
+    val: ImageSet
+    cert_x: torch.Tensor
+    cert_y: torch.Tensor
+    gate: GateConfig
+    seed: int
+
+    def attack(self) -> PGDConfig:
+        gate = self.gate
+        return PGDConfig(eps=gate.l_adv, steps=gate.pgd_steps, restarts=gate.pgd_restarts)
+
+    def run(self, kind: str, arg: object, server_round: int) -> tuple[int, int, float, float]:
+        """(points, hits, certified loss sum, busy seconds) of the task `kind` on `arg`."""
+        t, model, gate = time.perf_counter(), self.model, self.gate
+        if kind in ("clean", "pgd"):  # torch's CPU convolutions run faster channels-last
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        if kind == "clean":
+            r = evaluate(model, self.val, gate.batch_size)
+            return r.n, round(r.accuracy * r.n), 0.0, time.perf_counter() - t
+        if kind == "pgd":
+            block, index = arg  # type: ignore[misc]
+            x, y = to_float(self.val.x[index]), self.val.y[index]
+            x = x.contiguous(memory_format=torch.channels_last)
+            generator = torch_generator(self.seed, "gate-pgd", server_round, block)
+            x_adv = pgd(model, x, y, self.attack(), generator)
+            with torch.no_grad():
+                hits = int((model(x_adv).argmax(1) == y).sum())
+            return len(y), hits, 0.0, time.perf_counter() - t
+        eps, part, chunk = arg  # type: ignore[misc]
+        r = certify_dataset(
+            model, self.cert_x[part], self.cert_y[part], eps, method=gate.method,
+            budget_bytes=gate.budget_mb * 2**20, sound_fp=gate.sound_fp, chunk=chunk,
+        )  # fmt: skip
+        hits = int((r.certified & r.correct).sum())
+        loss_sum = float(r.worst_margin.clamp_min(0).sum())
+        return len(r.correct), hits, loss_sum, time.perf_counter() - t
 
 
 class CandidateMeasurer:
@@ -185,14 +214,21 @@ class CandidateMeasurer:
         order = torch.randperm(len(val), generator=torch_generator(cfg.seed, "gate-val-order"))
         self._val_order = order
         self._cert_x, self._cert_y = cert.tensors(device)
+        self._workers: WorkerPool | None = None  # started by the first pooled measurement
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (they also stop when the measurer is collected)."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     @property
     def l_adv(self) -> float:
         """L_adv of the validation PGD (its sentinel was resolved when the config was parsed)."""
         return self.gate.l_adv
 
-    def _attack(self) -> PGDConfig:
-        return PGDConfig(eps=self.l_adv, steps=self.gate.pgd_steps, restarts=self.gate.pgd_restarts)
+    def _runner(self) -> _Tasks:
+        return _Tasks(self.model, self.val, self._cert_x, self._cert_y, self.gate, self.cfg.seed)
 
     def __call__(
         self, arrays: ArrayRecord, server_round: int, bounds: Sequence[Bound] = ()
@@ -210,7 +246,7 @@ class CandidateMeasurer:
         seconds = {"clean": time.perf_counter() - start}
         generator = torch_generator(self.cfg.seed, "gate-pgd", server_round)
         t = time.perf_counter()
-        attack = self._attack()
+        attack = self._runner().attack()
         adv = pgd_evaluate(self.model, self.val, attack, gate.batch_size, generator, self.device)
         seconds["pgd"] = time.perf_counter() - t
         metrics = {"clean_acc": clean.accuracy, "pgd_acc": adv.accuracy}
@@ -259,62 +295,31 @@ class CandidateMeasurer:
 
     def _pool(self, server_round: int, bounds: Sequence[Bound]) -> MeasureResult:
         gate, start = self.gate, time.perf_counter()
-        tasks = self._tasks(server_round)
+        tasks = deque(self._tasks(server_round))
         n_val, n_cert = len(self.val), len(self.cert)
         tallies = {"clean": _Tally(n_val), "pgd": _Tally(n_val)}
         tallies |= {f"cert@{eps:g}": _Tally(n_cert) for eps in gate.l_crt}
         looks = sum(1 for kind, _ in tasks if kind == "pgd")
         progress = _Progress(tallies, bounds, bool(bounds), gate.early_delta, looks)
-        queue = iter(tasks)
-        queue_lock = threading.Lock()
+        if self._workers is None:
+            self._workers = WorkerPool(self._runner(), gate.workers)
+        in_flight: dict[Future, str] = {}
 
-        def work() -> None:
-            model = copy.deepcopy(self.model).eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            while True:
-                with queue_lock:
-                    task = next(queue, None)
-                if task is None:
-                    return
-                kind, arg = task
+        def submit_next() -> None:
+            while tasks:
+                kind, arg = tasks.popleft()
                 if progress.needed(kind):
-                    self._run_task(model, kind, arg, server_round, progress)
+                    in_flight[self._workers.submit(kind, arg, server_round)] = kind
+                    return
 
-        with torch_threads(1):
-            threads = [threading.Thread(target=work) for _ in range(gate.workers)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
+        for _ in range(gate.workers):
+            submit_next()
+        while in_flight:  # every task in flight finishes before the model may change
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                progress.add(in_flight.pop(future), *future.result())
+                submit_next()
         return self._result(tallies, progress.stop, time.perf_counter() - start)
-
-    def _run_task(
-        self, model: nn.Module, kind: str, arg: object, server_round: int, progress: _Progress
-    ) -> None:
-        t = time.perf_counter()
-        if kind == "clean":
-            r = evaluate(model, self.val, self.gate.batch_size)
-            progress.add(kind, r.n, round(r.accuracy * r.n), 0.0, time.perf_counter() - t)
-        elif kind == "pgd":
-            block, index = arg  # type: ignore[misc]
-            x, y = to_float(self.val.x[index]), self.val.y[index]
-            generator = torch_generator(self.cfg.seed, "gate-pgd", server_round, block)
-            x_adv = pgd(model, x, y, self._attack(), generator)
-            with torch.no_grad():
-                hits = int((model(x_adv).argmax(1) == y).sum())
-            progress.add(kind, len(y), hits, 0.0, time.perf_counter() - t)
-        else:
-            eps, part, chunk = arg  # type: ignore[misc]
-            gate = self.gate
-            r = certify_dataset(
-                model, self._cert_x[part], self._cert_y[part], eps, method=gate.method,
-                budget_bytes=gate.budget_mb * 2**20, sound_fp=gate.sound_fp, chunk=chunk,
-            )  # fmt: skip
-            n = len(r.correct)
-            hits = int((r.certified & r.correct).sum())
-            loss_sum = float(r.worst_margin.clamp_min(0).sum())
-            progress.add(kind, n, hits, loss_sum, time.perf_counter() - t)
 
     def _result(self, tallies: dict[str, _Tally], stop: str, wall: float) -> MeasureResult:
         def mean(value: float, n: int) -> float:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from certify import blocks
 from certify.blocks import Dense, Patches, Sparse, _l1_over_rows
 
 CONVS = [  # (out channels, kernel, stride, padding, groups) on 4 input channels
     (3, (3, 3), (1, 1), (0, 0), 1),
     (2, (3, 2), (2, 1), (1, 0), 1),
+    (3, (2, 3), (1, 2), (1, 1), 1),
     (4, (2, 2), (2, 2), (1, 1), 4),
     (4, (3, 3), (1, 1), (1, 1), 2),
 ]
@@ -22,10 +24,16 @@ def _sparse(gen: torch.Generator, density: float = 0.1) -> Sparse:
     return Sparse.nonzeros(x)
 
 
-def _patches(gen: torch.Generator, depthwise: bool) -> Patches:
-    base = Patches.diagonal(torch.rand(3, 4, 9, 8, generator=gen, dtype=torch.float64))
+def _patches(gen: torch.Generator, depthwise: bool, samples: int = 3) -> Patches:
+    base = Patches.diagonal(torch.rand(samples, 4, 9, 8, generator=gen, dtype=torch.float64))
     weight = torch.randn(4, 1 if depthwise else 4, 2, 2, generator=gen, dtype=torch.float64)
     return base.conv(weight, (1, 1), (0, 0), 4 if depthwise else 1)
+
+
+def _padded_patches(gen: torch.Generator, samples: int = 3) -> Patches:
+    """Windows with stride and padding: taps fall outside the source on every side."""
+    weight = torch.randn(3, 4, 3, 2, generator=gen, dtype=torch.float64)
+    return _patches(gen, False, samples).conv(weight, (2, 1), (1, 1), 1)
 
 
 def _close(a: Dense, b: Dense) -> bool:
@@ -37,10 +45,15 @@ def _close(a: Dense, b: Dense) -> bool:
 
 
 @pytest.mark.parametrize("conv", CONVS)
-@pytest.mark.parametrize("kind", ["sparse", "many sparse", "patches", "depthwise patches"])
-def test_conv_matches_dense(kind: str, conv: tuple) -> None:
-    """("many sparse": enough symbols that the sparse block switches to window patches.)"""
+@pytest.mark.parametrize(
+    "kind", ["sparse", "many sparse", "patches", "patches by cell", "depthwise patches"]
+)
+def test_conv_matches_dense(kind: str, conv: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """("many sparse": enough symbols that the sparse block switches to window patches; "by
+    cell": tiles of two rows, so that even these small windows are summed cell by cell.)"""
     gen = torch.Generator().manual_seed(0)
+    if kind == "patches by cell":
+        monkeypatch.setattr(blocks, "TILE_BYTES", 2 * conv[0] * 8)
     if "sparse" in kind:
         block = _sparse(gen, 0.9 if kind == "many sparse" else 0.1)
     else:
@@ -52,17 +65,30 @@ def test_conv_matches_dense(kind: str, conv: tuple) -> None:
     assert _close(got, want)
 
 
-@pytest.mark.parametrize("kind", ["sparse", "patches", "depthwise patches"])
-def test_linear_radius_and_scale_match_dense(kind: str) -> None:
+@pytest.mark.parametrize("small_rows", [256, 0])
+@pytest.mark.parametrize("samples", [1, 3])
+@pytest.mark.parametrize("kind", ["sparse", "patches", "padded patches", "depthwise patches"])
+def test_linear_radius_and_scale_match_dense(
+    kind: str, samples: int, small_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(A window block of one sample is multiplied as it lies, several samples' are copied;
+    small windows are multiplied all at once, large ones window row by window row.)"""
+    monkeypatch.setattr(blocks, "SMALL_PRODUCT_ROWS", small_rows)
     gen = torch.Generator().manual_seed(1)
-    block = _sparse(gen) if kind == "sparse" else _patches(gen, kind == "depthwise patches")
+    if kind == "sparse":
+        block = _sparse(gen)
+    elif kind == "padded patches":
+        block = _padded_patches(gen, samples)
+    else:
+        block = _patches(gen, kind == "depthwise patches", samples)
     dense = block.dense()
     n = dense.coef[0, 0].numel()
     weight = torch.randn(5, n, generator=gen, dtype=torch.float64)
     assert _close(block.linear(weight), dense.linear(weight))
     assert torch.allclose(block.radius(), dense.radius())
-    s = torch.randn(3, *block.shape, generator=gen, dtype=torch.float64)
+    s = torch.randn(dense.coef.shape[0], *block.shape, generator=gen, dtype=torch.float64)
     assert _close(block.scale(s).dense(), dense.scale(s))
+    assert _close(block.scale(s).linear(weight), dense.scale(s).linear(weight))
     assert _close(dense.scale(s).linear(weight), Dense(dense.scale(s).values()).linear(weight))
 
 

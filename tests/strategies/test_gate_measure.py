@@ -62,6 +62,26 @@ def test_early_verdicts_stop_as_soon_as_the_bound_decides(setup) -> None:
     assert pgd_ok.samples["cert_loss@0.02"] == 200  # certification is never cut short on a pass
 
 
+def test_the_workers_measure_each_new_candidate_not_the_first(setup) -> None:
+    """The worker processes see the parent's model through shared memory: a second candidate
+    loaded into the same measurer is measured as a fresh measurer measures it."""
+    flat, splits, first = setup
+    second = model_to_record(build_model("mlp", splits.spec, seed=2))
+    reused = _measurer(flat, splits)
+    try:
+        a, b = reused(first, 1), reused(second, 2)
+    finally:
+        reused.close()
+    fresh = _measurer(flat, splits)
+    try:
+        b_fresh = fresh(second, 2)
+    finally:
+        fresh.close()
+    assert a.metrics["cert_loss@0.02"] != b.metrics["cert_loss@0.02"]
+    for key in ("clean_acc", "pgd_acc", "cert_acc@0.02", "cert_loss@0.02"):
+        assert b.metrics[key] == b_fresh.metrics[key], key
+
+
 def test_serfling_halfwidth_shrinks_to_zero_on_the_whole_set() -> None:
     widths = [serfling_halfwidth(n, 5000, 10, 1e-3) for n in (500, 1000, 2500, 5000)]
     assert widths == sorted(widths, reverse=True) and widths[-1] == 0.0
