@@ -138,6 +138,8 @@ def time_paths(run_dir: Path, data_dir: str, paths: list[str]) -> dict[str, tupl
             build_model(base.model.name, splits.spec), splits.val, splits.cert, cfg,
             torch.device("cpu"),
         )  # fmt: skip
+        if schedulers[path] == "pool":
+            measure.start_workers()  # their start-up is once per run, not per candidate
         start = time.perf_counter()
         r = measure(arrays, 1, bounds if path == "pool-early" else ())
         seconds = time.perf_counter() - start

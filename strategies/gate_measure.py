@@ -216,6 +216,13 @@ class CandidateMeasurer:
         self._cert_x, self._cert_y = cert.tensors(device)
         self._workers: WorkerPool | None = None  # started by the first pooled measurement
 
+    def start_workers(self) -> None:
+        """Start the pool's worker processes now and wait for them (the first pooled measurement
+        starts them otherwise), e.g. to keep their start-up out of a timing."""
+        if self._workers is None:
+            self._workers = WorkerPool(self._runner(), self.gate.workers)
+        self._workers.wait_ready()
+
     def close(self) -> None:
         """Stop the worker processes, if any (they also stop when the measurer is collected)."""
         if self._workers is not None:

@@ -49,6 +49,10 @@ def _start(runner: TaskRunner) -> None:
     _RUNNER = runner
 
 
+def _ready() -> bool:
+    return _RUNNER is not None
+
+
 def _run(kind: str, arg: object, server_round: int) -> tuple[int, int, float, float]:
     assert _RUNNER is not None, "a gate worker ran a task before its start"
     return _RUNNER.run(kind, arg, server_round)
@@ -73,7 +77,14 @@ class WorkerPool:
         self._executor = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start, initargs=(runner,)
         )
+        self._workers = workers
         self._finalizer = weakref.finalize(self, self._executor.shutdown, cancel_futures=True)
+
+    def wait_ready(self) -> None:
+        """Return once every worker has started (each takes one no-op task)."""
+        futures = [self._executor.submit(_ready) for _ in range(self._workers)]
+        if not all(f.result() for f in futures):
+            raise RuntimeError("a gate worker started without its runner")
 
     def submit(self, kind: str, arg: object, server_round: int) -> Future:
         """Run one task in the first free worker."""

@@ -69,6 +69,7 @@ def test_the_workers_measure_each_new_candidate_not_the_first(setup) -> None:
     second = model_to_record(build_model("mlp", splits.spec, seed=2))
     reused = _measurer(flat, splits)
     try:
+        reused.start_workers()  # started before any candidate was loaded
         a, b = reused(first, 1), reused(second, 2)
     finally:
         reused.close()
