@@ -219,9 +219,13 @@ class CandidateMeasurer:
     def start_workers(self) -> None:
         """Start the pool's worker processes now and wait for them (the first pooled measurement
         starts them otherwise), e.g. to keep their start-up out of a timing."""
+        self._worker_pool().wait_ready()
+
+    def _worker_pool(self) -> WorkerPool:
+        """The pool, started on first use."""
         if self._workers is None:
             self._workers = WorkerPool(self._runner(), self.gate.workers)
-        self._workers.wait_ready()
+        return self._workers
 
     def close(self) -> None:
         """Stop the worker processes, if any (they also stop when the measurer is collected)."""
@@ -308,15 +312,14 @@ class CandidateMeasurer:
         tallies |= {f"cert@{eps:g}": _Tally(n_cert) for eps in gate.l_crt}
         looks = sum(1 for kind, _ in tasks if kind == "pgd")
         progress = _Progress(tallies, bounds, bool(bounds), gate.early_delta, looks)
-        if self._workers is None:
-            self._workers = WorkerPool(self._runner(), gate.workers)
+        workers = self._worker_pool()
         in_flight: dict[Future, str] = {}
 
         def submit_next() -> None:
             while tasks:
                 kind, arg = tasks.popleft()
                 if progress.needed(kind):
-                    in_flight[self._workers.submit(kind, arg, server_round)] = kind
+                    in_flight[workers.submit(kind, arg, server_round)] = kind
                     return
 
         for _ in range(gate.workers):

@@ -18,6 +18,7 @@ fork of a server with gRPC threads) once, at the first measurement, and stop wit
 
 from __future__ import annotations
 
+import os
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Protocol
@@ -49,8 +50,9 @@ def _start(runner: TaskRunner) -> None:
     _RUNNER = runner
 
 
-def _ready() -> bool:
-    return _RUNNER is not None
+def _started_pid() -> int:
+    assert _RUNNER is not None, "a gate worker ran a task before its start"
+    return os.getpid()
 
 
 def _run(kind: str, arg: object, server_round: int) -> tuple[int, int, float, float]:
@@ -81,10 +83,12 @@ class WorkerPool:
         self._finalizer = weakref.finalize(self, self._executor.shutdown, cancel_futures=True)
 
     def wait_ready(self) -> None:
-        """Return once every worker has started (each takes one no-op task)."""
-        futures = [self._executor.submit(_ready) for _ in range(self._workers)]
-        if not all(f.result() for f in futures):
-            raise RuntimeError("a gate worker started without its runner")
+        """Return once every worker has started: no-op tasks until each process has run one
+        (a worker that started first may take several)."""
+        started: set[int] = set()
+        while len(started) < self._workers:
+            tasks = [self._executor.submit(_started_pid) for _ in range(self._workers)]
+            started |= {t.result() for t in tasks}
 
     def submit(self, kind: str, arg: object, server_round: int) -> Future:
         """Run one task in the first free worker."""
