@@ -58,7 +58,12 @@ def wait_for_port(
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """Within the block, the first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are
-    ignored, so that a second Ctrl-C cannot abort the clean-up that follows. Main thread only."""
+    ignored, so that a second Ctrl-C cannot abort the clean-up that follows. Main thread only.
+
+    System calls the signal lands in are restarted (a C++ writer such as torch.save's would
+    otherwise fail on EINTR), and an interrupt that code inside the block swallowed (raised
+    inside a C++ call that then failed with its own error) is raised again when the block ends.
+    """
     fired = False
 
     def handler(signum: int, frame: object) -> None:
@@ -68,11 +73,15 @@ def signals_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt(f"signal {signum}")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.siginterrupt(sig, False)
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+    if fired:  # the block ended without the KeyboardInterrupt: something swallowed it
+        raise KeyboardInterrupt("signal received inside the block")
 
 
 def alive(proc: psutil.Process) -> bool:
