@@ -13,7 +13,7 @@ from core.data import load_splits
 from core.gate_rule import Bound
 from core.models import build_model
 from core.params import model_to_record
-from strategies.gate_measure import CandidateMeasurer, serfling_halfwidth
+from strategies.gate_measure import CandidateMeasurer, accuracy_verdict
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,37 @@ def test_the_workers_measure_each_new_candidate_not_the_first(setup) -> None:
         assert b.metrics[key] == b_fresh.metrics[key], key
 
 
-def test_serfling_halfwidth_shrinks_to_zero_on_the_whole_set() -> None:
-    widths = [serfling_halfwidth(n, 5000, 10, 1e-3) for n in (500, 1000, 2500, 5000)]
-    assert widths == sorted(widths, reverse=True) and widths[-1] == 0.0
+def test_the_sequential_accuracy_verdict_errs_with_probability_at_most_alpha() -> None:
+    """Exhaustively, on a small set: for every true number of hits K and sample size n, the
+    probability (hypergeometric, from math.comb) that the verdict contradicts K / N >= bound."""
+    total, bound, alpha = 60, 0.3, 0.05
+    for n in (5, 20, 40, 59):
+        for good in range(total + 1):
+            truth = good / total >= bound
+            wrong = sum(
+                math.comb(good, h) * math.comb(total - good, n - h) / math.comb(total, n)
+                for h in range(n + 1)
+                if accuracy_verdict(h, n, total, bound, alpha) not in (None, truth)
+            )
+            assert wrong <= alpha, (n, good, wrong)
+        decided = [accuracy_verdict(h, n, total, bound, alpha) for h in range(n + 1)]
+        if n >= 20:  # a large enough sample decides its extremes
+            assert decided[0] is False and decided[-1] is True
+        else:  # 0 hits of 5 is likely (p 0.16) from a set at the bound: undecided
+            assert decided[0] is None and decided[-1] is True
+
+
+def test_the_exact_verdict_needs_fewer_points_than_serfling() -> None:
+    """Where Serfling's bound (the first sequential test) needed 4000 of 5000 points to tell a
+    PGD accuracy of 0.15 from a bound of 0.13, the exact test needs 2500 (blocks of 500)."""
+
+    def first_decided(decides) -> int:  # noqa: ANN001
+        return next(n for n in range(500, 5001, 500) if decides(n, round(0.15 * n)))
+
+    def serfling(n: int, hits: int) -> bool:
+        half = math.sqrt((1 - (n - 1) / 5000) * math.log(2 * 10 / 1e-3) / (2 * n))
+        return n == 5000 or not hits / n - half < 0.13 <= hits / n + half
+
+    exact = first_decided(lambda n, h: accuracy_verdict(h, n, 5000, 0.13, 1e-3 / 10) is not None)
+    assert (exact, first_decided(serfling)) == (2500, 4000)
+    assert accuracy_verdict(round(0.15 * 2500), 2500, 5000, 0.13, 1e-4) is True
