@@ -325,43 +325,70 @@ class CandidateMeasurer:
         samples = {k: len(self.cert) if k.startswith("cert") else len(self.val) for k in metrics}
         return MeasureResult(metrics, samples, seconds)
 
-    def _tasks(self, server_round: int) -> list[tuple[str, object]]:
-        """Clean accuracy first, then PGD blocks and certification slices, interleaved."""
-        gate = self.gate
-        pgd_blocks = [
-            ("pgd", (i, self._val_order[s : s + gate.batch_size]))
-            for i, s in enumerate(range(0, len(self.val), gate.batch_size))
+    def _pgd_blocks(self) -> list[tuple[str, object]]:
+        """PGD on blocks of `gate.batch-size` validation points, in the seeded random order."""
+        size = self.gate.batch_size
+        return [
+            ("pgd", (i, self._val_order[s : s + size]))
+            for i, s in enumerate(range(0, len(self.val), size))
         ]
+
+    def _cert_slices(self) -> list[tuple[str, object]]:
+        """Certification slices of the set per radius, chunks sized by a dry run (on one
+        thread: the workers hold the cores meanwhile)."""
+        gate = self.gate
         steps = trace(self.model)
-        cert_tasks = []
-        for eps in gate.l_crt:
-            chunk = chunk_size(
-                steps, self._cert_x, eps, gate.method, gate.budget_mb * 2**20, gate.sound_fp,
-                cpu_bytes=SINGLE_THREAD_CHUNK_BYTES, cpu_min=1,
-            )  # fmt: skip
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            chunks = [
+                chunk_size(
+                    steps,
+                    self._cert_x,
+                    eps,
+                    gate.method,
+                    gate.budget_mb * 2**20,
+                    gate.sound_fp,
+                    cpu_bytes=SINGLE_THREAD_CHUNK_BYTES,
+                    cpu_min=1,
+                )  # fmt: skip
+                for eps in gate.l_crt
+            ]
+        finally:
+            torch.set_num_threads(threads)
+        tasks = []
+        for eps, chunk in zip(gate.l_crt, chunks, strict=True):
             # a slice holds several chunks, so each task is long next to the queue's overhead,
             # and at most an eighth of the set, so that an early verdict can cut it short
             width = min(chunk * 8, -(-len(self.cert) // 8))
             chunk = min(chunk, width)
-            cert_tasks += [
+            tasks += [
                 (f"cert@{eps:g}", (eps, slice(s, s + width), chunk))
                 for s in range(0, len(self.cert), width)
             ]
-        merged = []
-        for i in range(max(len(pgd_blocks), len(cert_tasks))):
-            merged += pgd_blocks[i : i + 1] + cert_tasks[i : i + 1]
-        return [("clean", None), *merged]
+        return tasks
 
     def _pool(self, server_round: int, bounds: Sequence[Bound]) -> MeasureResult:
         gate, start = self.gate, time.perf_counter()
-        tasks = deque(self._tasks(server_round))
         n_val, n_cert = len(self.val), len(self.cert)
         tallies = {"clean": _Tally(n_val), "pgd": _Tally(n_val)}
         tallies |= {f"cert@{eps:g}": _Tally(n_cert) for eps in gate.l_crt}
-        looks = sum(1 for kind, _ in tasks if kind == "pgd")
-        progress = _Progress(tallies, bounds, bool(bounds), gate.early_delta, looks)
+        pgd_blocks = self._pgd_blocks()
+        progress = _Progress(tallies, bounds, bool(bounds), gate.early_delta, len(pgd_blocks))
         workers = self._worker_pool()
-        in_flight: dict[Future, str] = {}
+        # clean accuracy, then PGD blocks and certification slices interleaved; the workers
+        # start on the first ones while this process sizes the certification's chunks
+        first = [("clean", None), *pgd_blocks[: gate.workers - 1]]
+        in_flight: dict[Future, str] = {
+            workers.submit(kind, arg, server_round): kind for kind, arg in first
+        }
+        later = pgd_blocks[len(first) - 1 :]
+        cert = self._cert_slices()
+        tasks = deque(
+            task
+            for i in range(max(len(later), len(cert)))
+            for task in later[i : i + 1] + cert[i : i + 1]
+        )
 
         def submit_next() -> None:
             while tasks:
@@ -370,7 +397,7 @@ class CandidateMeasurer:
                     in_flight[workers.submit(kind, arg, server_round)] = kind
                     return
 
-        for _ in range(gate.workers):
+        for _ in range(gate.workers - len(in_flight)):
             submit_next()
         while in_flight:  # every task in flight finishes before the model may change
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
