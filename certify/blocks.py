@@ -143,6 +143,8 @@ class Patches:
     # what `coef` is the top-left `(H, W)` corner of, when a convolution wrote it with scratch
     # positions around it (zero or finite): summed whole, it is contiguous
     plane: torch.Tensor | None = None  # (Kh, Kw, Cs, H', W', B, C), H' >= H, W' >= W
+    # sum_{u, v, s} |plane|, (H', W', B, C), when the convolution summed it while writing
+    abs_sum: torch.Tensor | None = None
 
     @staticmethod
     def diagonal(radius: torch.Tensor) -> Patches:
@@ -166,8 +168,11 @@ class Patches:
 
     def radius(self) -> torch.Tensor:
         h, w = self.coef.shape[3:5]
-        whole = self.coef if self.plane is None else self.plane
-        r = _l1_over_rows(whole.flatten(0, 2))[:h, :w]  # (H, W, B, C)
+        if self.abs_sum is not None:
+            r = self.abs_sum[:h, :w]
+        else:
+            whole = self.coef if self.plane is None else self.plane
+            r = _l1_over_rows(whole.flatten(0, 2))[:h, :w]  # (H, W, B, C)
         r = r if self.post is None else r * self.post.abs()
         return r.permute(2, 3, 0, 1)
 
@@ -177,8 +182,9 @@ class Patches:
         s = s.reshape(s.shape[0], c, h, w).permute(2, 3, 0, 1)
         post = s if self.post is None else self.post * s
         return Patches(
-            self.coef, self.stride, self.padding, self.source, self.depthwise, post, self.plane
-        )
+            self.coef, self.stride, self.padding, self.source, self.depthwise, post, self.plane,
+            self.abs_sum,
+        )  # fmt: skip
 
     def conv(
         self, weight: torch.Tensor, stride: Pair, padding: Pair, groups: int
@@ -198,17 +204,17 @@ class Patches:
             out = _diagonal_conv(self.coef, self.post, weight, stride, padding)
             return Patches(out, stride, padding, self.source, False)
         args = (self.coef, self.post, weight, stride, padding, (sh, sw))
-        plane = None
+        plane = abs_sum = None
         if self.depthwise or keeps_channels:
             out = _conv_products(*args, keeps_channels)
         else:
-            plane = _conv_matmuls(*args, groups)
+            plane, abs_sum = _conv_matmuls(*args, groups)
             ho, wo = conv_out(h, ah, stride[0], padding[0]), conv_out(w, aw, stride[1], padding[1])
             out = plane[:, :, :, :ho, :wo]
         new_padding = (self.padding[0] + padding[0] * sh, self.padding[1] + padding[1] * sw)
         new_stride = (sh * stride[0], sw * stride[1])
         depthwise = self.depthwise and keeps_channels
-        return Patches(out, new_stride, new_padding, self.source, depthwise, None, plane)
+        return Patches(out, new_stride, new_padding, self.source, depthwise, None, plane, abs_sum)
 
     def linear(self, weight: torch.Tensor) -> Dense:
         """Contract the neurons with `weight` `(M, C*H*W)` (one matmul per neuron position) and
@@ -419,12 +425,13 @@ def _conv_matmuls(
     padding: Pair,
     window_stride: Pair,
     groups: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A convolution of window coefficients `coef` `(Kh, Kw, Cs, H, W, B, C)` (times the
     per-neuron factor `post` `(H, W, 1 or B, C)`, when given), as the sum over kernel taps of a
     shifted image times the tap's `(O, C)` matrix; tap (a1, a2) moves each output's window by
     `window_stride * (a1, a2)`. Returns `(KH, KW, Cs, Hq, Wq, B, O)`, whose top-left
-    `(Ho, Wo)` positions are the output; the others are scratch, zero or finite.
+    `(Ho, Wo)` positions are the output; the others are scratch, zero or finite; and, when
+    summed cell by cell, the sum of its absolute values over windows `(Hq, Wq, B, O)`.
 
     The input is zero-padded and split into `stride` phases (one copy), so that every tap reads
     a contiguous, shifted run of the flattened `(Hq, Wq, B)` positions of each window row:
@@ -467,7 +474,7 @@ def _conv_matmuls(
                     dst[:, g * og : (g + 1) * og].addmm_(
                         run[:, g * cg : (g + 1) * cg], tap[g * og : (g + 1) * og].t()
                     )
-    return out
+    return out, None
 
 
 def _sum_taps_by_cell(
@@ -476,19 +483,24 @@ def _sum_taps_by_cell(
     shape: tuple[int, ...],
     stride: Pair,
     window_stride: Pair,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`_conv_matmuls`' sum over taps for large window cells (`groups == 1`, no autograd): one
     output window cell (U, V) at a time and a cache-sized tile of its rows at a time, so every
     tap landing there is summed while the tile is hot; the first tap writes it (no zero fill).
     Costs more calls than summing tap by tap, so only worth it where a cell is megabytes.
+    While a tile is hot, its absolute values are added up over source channels and cells: the
+    radius of the next ReLU, `(Hq, Wq, B, O)`, without reading the output again.
     """
-    _, _, kh, kw, _, _, wq, b, c = phases.shape
+    _, _, kh, kw, _, hq, wq, b, c = phases.shape
     o, _, ah, aw = weight.shape
     (st1, st2), (sh, sw) = stride, window_stride
     out = empty(phases, *shape)
     flat = out.view(shape[0], shape[1], -1, o)  # rows (s, i, j, b) of each cell
     n = flat.shape[2]
-    tile = max(1, TILE_BYTES // (o * out.element_size()))
+    period = hq * wq * b  # rows (i, j, b) of one source channel: tiles hold whole ones
+    tile = max(1, TILE_BYTES // (o * out.element_size() * period)) * period
+    abs_sum = zeros(out, period, o)
+    scratch = empty(out, min(tile, n), o)
     for uu in range(shape[0]):
         rows = [(a1, uu - a1 * sh) for a1 in range(ah) if 0 <= uu - a1 * sh < kh]
         for vv in range(shape[1]):
@@ -507,7 +519,9 @@ def _sum_taps_by_cell(
                 for shift, run, tap in taps[1:]:
                     part = run[shift + t0 : shift + t0 + tile]
                     dst[: part.shape[0]].addmm_(part, tap)
-    return out
+                hot = torch.abs(dst, out=scratch[: dst.shape[0]])
+                abs_sum += hot.view(-1, period, o).sum(0)
+    return out, abs_sum.view(hq, wq, b, o)
 
 
 @dataclass(frozen=True)

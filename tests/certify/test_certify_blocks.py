@@ -60,9 +60,15 @@ def test_conv_matches_dense(kind: str, conv: tuple, monkeypatch: pytest.MonkeyPa
         block = _patches(gen, kind == "depthwise patches")
     o, k, stride, padding, groups = conv
     weight = torch.randn(o, 4 // groups, *k, generator=gen, dtype=torch.float64)
-    got = block.conv(weight, stride, padding, groups).dense()
+    out = block.conv(weight, stride, padding, groups)
     want = block.dense().conv(weight, stride, padding, groups)
-    assert _close(got, want)
+    assert _close(out.dense(), want)
+    # the radius too (summed while the tiles were hot, when by cell), also after a scale
+    assert torch.allclose(out.radius(), want.radius(), atol=1e-10)
+    if kind == "patches by cell" and conv[4] == 1:  # the path that sums it on the way
+        assert out.abs_sum is not None
+    s = torch.rand(1, *out.shape, generator=gen, dtype=torch.float64) - 0.5
+    assert torch.allclose(out.scale(s).radius(), want.scale(s).radius(), atol=1e-10)
 
 
 @pytest.mark.parametrize("small_rows", [256, 0])
