@@ -34,6 +34,8 @@ Pair = tuple[int, int]
 TILE_BYTES = 2**20  # output rows summed at once by `_conv_matmuls`: about an L2 cache
 # below this many rows per window row product, a Linear layer multiplies all windows at once
 SMALL_PRODUCT_ROWS = 256
+# below this share of live source symbols, a Linear layer multiplies only their window rows
+LIVE_GATHER_SHARE = 0.5
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -145,6 +147,9 @@ class Patches:
     plane: torch.Tensor | None = None  # (Kh, Kw, Cs, H', W', B, C), H' >= H, W' >= W
     # sum_{u, v, s} |plane|, (H', W', B, C), when the convolution summed it while writing
     abs_sum: torch.Tensor | None = None
+    # (Cs, Hs, Ws) bool: the source symbols that may have a nonzero coefficient in any sample
+    # (a diagonal's nonzero radii: DeepZono's symbols of the crossing ReLUs); None: all may
+    live: torch.Tensor | None = None
 
     @staticmethod
     def diagonal(radius: torch.Tensor) -> Patches:
@@ -152,7 +157,8 @@ class Patches:
         r = radius if radius.dim() == 4 else radius.reshape(radius.shape[0], -1, 1, 1)
         b, c, h, w = r.shape
         coef = r.permute(2, 3, 0, 1).reshape(1, 1, 1, h, w, b, c)
-        return Patches(coef, (1, 1), (0, 0), (c, h, w), True)
+        live = None if _tracks_grad(r) else (r != 0).any(0)
+        return Patches(coef, (1, 1), (0, 0), (c, h, w), True, live=live)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -183,7 +189,7 @@ class Patches:
         post = s if self.post is None else self.post * s
         return Patches(
             self.coef, self.stride, self.padding, self.source, self.depthwise, post, self.plane,
-            self.abs_sum,
+            self.abs_sum, self.live,
         )  # fmt: skip
 
     def conv(
@@ -202,7 +208,7 @@ class Patches:
         diagonal = self.depthwise and (kh, kw, sh, sw) == (1, 1, 1, 1) and self.padding == (0, 0)
         if diagonal and groups == 1:
             out = _diagonal_conv(self.coef, self.post, weight, stride, padding)
-            return Patches(out, stride, padding, self.source, False)
+            return Patches(out, stride, padding, self.source, False, live=self.live)
         args = (self.coef, self.post, weight, stride, padding, (sh, sw))
         plane = abs_sum = None
         if self.depthwise or keeps_channels:
@@ -214,7 +220,9 @@ class Patches:
         new_padding = (self.padding[0] + padding[0] * sh, self.padding[1] + padding[1] * sw)
         new_stride = (sh * stride[0], sw * stride[1])
         depthwise = self.depthwise and keeps_channels
-        return Patches(out, new_stride, new_padding, self.source, depthwise, None, plane, abs_sum)
+        return Patches(
+            out, new_stride, new_padding, self.source, depthwise, None, plane, abs_sum, self.live
+        )
 
     def linear(self, weight: torch.Tensor) -> Dense:
         """Contract the neurons with `weight` `(M, C*H*W)` (one matmul per neuron position) and
@@ -248,6 +256,10 @@ class Patches:
             rows = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
             if self.post is not None:
                 wl = wl * self.post.reshape(h * w, c, 1)
+            if self.live is not None and self.live.float().mean() < LIVE_GATHER_SHARE:
+                canvas = zeros(rows, src_h * src_w * cs, m)
+                _add_live_rows(canvas, self.coef, wl, self.stride, self.padding, self.live)
+                return Dense(canvas.view(1, -1, m))
         else:
             rows = empty(self.coef, h, w, kh, kw, cs, b, c)
             coef = self.coef.permute(3, 4, 0, 1, 2, 5, 6)
@@ -288,7 +300,7 @@ class Patches:
         c = self.coef.shape[-1]
         eye = torch.eye(c, dtype=self.coef.dtype, device=self.coef.device)
         coef = self.values() * eye.view(1, 1, c, 1, 1, 1, c)
-        return Patches(coef, self.stride, self.padding, self.source, False)
+        return Patches(coef, self.stride, self.padding, self.source, False, live=self.live)
 
 
 def _window_span(start: int, size: int, bound: int) -> tuple[int, int, int]:
@@ -316,6 +328,43 @@ def _add_window_rows(
                 if x0 < x1:
                     dst = canvas[y, x0:x1].view(-1, m)
                     dst.addmm_(rows[i, j, r - sh * i, v0 : v0 + x1 - x0].view(-1, c), wl[i * w + j])
+
+
+def _add_live_rows(
+    canvas: torch.Tensor,
+    coef: torch.Tensor,
+    wl: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+    live: torch.Tensor,
+) -> None:
+    """canvas += the windows' rows times their position's weights, as `_add_window_rows`, for
+    one sample whose source has few live symbols: per position, only the window rows of live
+    symbols are gathered, multiplied and added onto their canvas rows (the other rows are zero
+    by construction). `coef` `(Kh, Kw, Cs, H, W, 1, C)`, `wl` `(H*W, C, M)`, `live`
+    `(Cs, Y, X)`, `canvas` `(Y * X * Cs, M)` rows `(y, x, s)`."""
+    kh, kw, cs, h, w, _, c = coef.shape
+    _, src_h, src_w = live.shape
+    (sh, sw), (ph, pw) = stride, padding
+    dev = coef.device
+    # source row and column of every window offset at every position: (H, Kh) and (W, Kw)
+    ys = sh * torch.arange(h, device=dev)[:, None] - ph + torch.arange(kh, device=dev)
+    xs = sw * torch.arange(w, device=dev)[:, None] - pw + torch.arange(kw, device=dev)
+    y_in, x_in = (ys >= 0) & (ys < src_h), (xs >= 0) & (xs < src_w)
+    ys, xs = ys.clamp(0, src_h - 1), xs.clamp(0, src_w - 1)
+    # (H, W, Kh, Kw, Cs): the canvas row of each window row, and whether it is live
+    target = (ys[:, None, :, None, None] * src_w + xs[None, :, None, :, None]) * cs + torch.arange(
+        cs, device=dev
+    )
+    keep = live.permute(1, 2, 0)[ys[:, None, :, None], xs[None, :, None, :]]
+    keep &= y_in[:, None, :, None, None] & x_in[None, :, None, :, None]
+    flat = coef.flatten(0, 2)  # window rows (u, v, s) of each position (i, j)
+    target, keep = target.view(h * w, -1), keep.view(h * w, -1)
+    for p in range(h * w):
+        rows = keep[p].nonzero().squeeze(1)
+        if rows.numel():
+            part = flat[:, p // w, p % w, 0].index_select(0, rows)
+            canvas.index_add_(0, target[p, rows], part @ wl[p])
 
 
 def _add_window_products(

@@ -36,6 +36,17 @@ def _padded_patches(gen: torch.Generator, samples: int = 3) -> Patches:
     return _patches(gen, False, samples).conv(weight, (2, 1), (1, 1), 1)
 
 
+def _live_patches(gen: torch.Generator, samples: int = 3) -> Patches:
+    """Padded windows over a source where most symbols are zero (ReLU symbols of stable
+    neurons): the Linear layer gathers the live ones' rows."""
+    radius = torch.rand(samples, 4, 9, 8, generator=gen, dtype=torch.float64)
+    radius *= torch.rand(radius.shape, generator=gen) < 0.15
+    base = Patches.diagonal(radius)
+    first = torch.randn(4, 4, 2, 2, generator=gen, dtype=torch.float64)
+    second = torch.randn(3, 4, 3, 2, generator=gen, dtype=torch.float64)
+    return base.conv(first, (1, 1), (0, 0), 1).conv(second, (2, 1), (1, 1), 1)
+
+
 def _close(a: Dense, b: Dense) -> bool:
     """Same zonotope: equal support functions sum_g |v . g| in random directions v (zero or
     reordered generators do not count, so a sparse and a window block can be compared)."""
@@ -73,16 +84,26 @@ def test_conv_matches_dense(kind: str, conv: tuple, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("small_rows", [256, 0])
 @pytest.mark.parametrize("samples", [1, 3])
-@pytest.mark.parametrize("kind", ["sparse", "patches", "padded patches", "depthwise patches"])
+@pytest.mark.parametrize(
+    "kind", ["sparse", "patches", "padded patches", "depthwise patches", "live patches"]
+)
 def test_linear_radius_and_scale_match_dense(
     kind: str, samples: int, small_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """(A window block of one sample is multiplied as it lies, several samples' are copied;
-    small windows are multiplied all at once, large ones window row by window row.)"""
+    small windows are multiplied all at once, large ones window row by window row; one
+    sample's window rows of live symbols only, where few are.)"""
     monkeypatch.setattr(blocks, "SMALL_PRODUCT_ROWS", small_rows)
+    gathered = []
+    add_live_rows = blocks._add_live_rows
+    monkeypatch.setattr(
+        blocks, "_add_live_rows", lambda *a: gathered.append(1) or add_live_rows(*a)
+    )
     gen = torch.Generator().manual_seed(1)
     if kind == "sparse":
         block = _sparse(gen)
+    elif kind == "live patches":
+        block = _live_patches(gen, samples)
     elif kind == "padded patches":
         block = _padded_patches(gen, samples)
     else:
@@ -96,6 +117,7 @@ def test_linear_radius_and_scale_match_dense(
     assert _close(block.scale(s).dense(), dense.scale(s))
     assert _close(block.scale(s).linear(weight), dense.scale(s).linear(weight))
     assert _close(dense.scale(s).linear(weight), Dense(dense.scale(s).values()).linear(weight))
+    assert bool(gathered) == (kind == "live patches" and samples == 1)
 
 
 def test_sparse_lists_exactly_the_nonzero_neurons() -> None:
