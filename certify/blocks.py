@@ -438,6 +438,8 @@ def _conv_products(
     the output's windows, shifted by `window_stride * tap`; no copy of the input is made.
     Returns `(KH, KW, Cs', Ho, Wo, B, O)`.
     """
+    if per_channel and not _tracks_grad(coef, weight, *([] if post is None else [post])):
+        return _per_channel_by_cell(coef, post, weight, stride, padding, window_stride)
     kh, kw, cs, h, w, b, c = coef.shape
     o, _, ah, aw = weight.shape
     (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
@@ -463,6 +465,57 @@ def _conv_products(
             # dst[u, v, c, i, j, b, o] += src[u, v, 0, i, j, b, c] * tap[o, c]
             src = src[:, :, 0].permute(0, 1, 5, 2, 3, 4)[..., None]
             dst.addcmul_(src, tap.t().reshape(1, 1, c, 1, 1, 1, o))
+    return out
+
+
+def _per_channel_by_cell(
+    coef: torch.Tensor,
+    post: torch.Tensor | None,
+    weight: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+    window_stride: Pair,
+) -> torch.Tensor:
+    """`_conv_products` with per-channel kernels (average pooling; no autograd), one output
+    window cell at a time: the first tap covering the whole cell writes it, the others add
+    onto it while it is hot (no zero fill, no read-modify-write of the whole output per tap).
+    On CIFAR-10's cifar-cnn 62 -> 55 ms for its largest block (one thread)."""
+    kh, kw, cs, h, w, b, c = coef.shape
+    _, _, ah, aw = weight.shape
+    (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
+    ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
+    out = empty(coef, kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, ho, wo, b, c)
+    taps = []  # (a1, a2, output positions, input rows and columns, factor per neuron)
+    for a1 in range(ah):
+        i_lo, i_hi, y0 = _tap_range(ho, h, st1, p1, a1)
+        for a2 in range(aw):
+            j_lo, j_hi, x0 = _tap_range(wo, w, st2, p2, a2)
+            if i_hi == i_lo or j_hi == j_lo:
+                continue
+            rows = slice(y0, y0 + st1 * (i_hi - i_lo), st1)
+            cols = slice(x0, x0 + st2 * (j_hi - j_lo), st2)
+            factor = (
+                weight[:, 0, a1, a2] if post is None else post[rows, cols] * weight[:, 0, a1, a2]
+            )
+            taps.append((a1, a2, (slice(i_lo, i_hi), slice(j_lo, j_hi)), (rows, cols), factor))
+    whole = (slice(0, ho), slice(0, wo))
+    for uu in range(out.shape[0]):
+        for vv in range(out.shape[1]):
+            dst, written = out[uu, vv], False
+            for a1, a2, (oi, oj), (rows, cols), factor in taps:
+                u, v = uu - a1 * sh, vv - a2 * sw
+                if not (0 <= u < kh and 0 <= v < kw):
+                    continue
+                src = coef[u, v, :, rows, cols]
+                if not written and (oi, oj) == whole:
+                    torch.mul(src, factor, out=dst)
+                else:
+                    if not written:
+                        dst.zero_()
+                    dst[:, oi, oj].addcmul_(src, factor)
+                written = True
+            if not written:
+                dst.zero_()
     return out
 
 
