@@ -6,7 +6,7 @@ Two schedulers (`gate.scheduler`):
 * `serial`: one pass over each set with torch's own threads, as the gate first did. On a busy
   2-core machine torch's two OpenMP threads spin-wait for each other whenever another process
   holds a core, and the gate then runs 10-40x slower than its work needs.
-* `pool` (default): the work is cut into independent tasks (clean accuracy; PGD on blocks of
+* `pool` (default): the work is cut into independent tasks (clean accuracy and PGD on blocks of
   `gate.batch-size` validation points in a seeded random order; certification of slices of the
   certification set per radius) that `gate.workers` worker processes take in queue order, each
   running torch with a single thread (strategies/gate_workers.py). A busy core then delays one
@@ -17,15 +17,17 @@ soon as the verdict is known.
 * Exact, no error: a certified loss is a mean of non-negative terms, so the sum over the points
   certified so far divided by N_cert is a lower bound of it: past the bound, the candidate fails.
   Likewise certified accuracy fails once even all remaining points certified could not reach its
-  bound, and PGD accuracy is decided once c/N or (c + N - n)/N settles it.
-* Sequential, error at most `gate.early-delta`: after n of the N validation points (a simple
-  random sample without replacement, blocks in a seeded random order) with h PGD hits, the
-  number of hits is hypergeometric given the K hits of the whole set. The check "PGD accuracy
-  >= b" is decided as passed once even K_b - 1 = ceil(bN) - 1 hits (the most a failing set has)
-  would give h or more hits with probability <= alpha, and as failed once K_b hits (the fewest a
-  passing set has) would give h or fewer with probability <= alpha; the hypergeometric law is
-  monotone in K, so these are the worst cases. With alpha = delta / (looks x bounds), one look
-  per block, a union bound gives P(the early verdict differs from the full-set verdict) <= delta.
+  bound.
+* Sequential, error at most `gate.early-delta`, for clean and PGD accuracy alike: after n of
+  the N validation points (a simple random sample without replacement, blocks in a seeded
+  random order) with h hits, the number of hits is hypergeometric given the K hits of the whole
+  set. The check "accuracy >= b" is decided as passed once even K_b - 1 = ceil(bN) - 1 hits (the
+  most a failing set has) would give h or more hits with probability <= alpha, and as failed
+  once K_b hits (the fewest a passing set has) would give h or fewer with probability <= alpha;
+  the hypergeometric law is monotone in K, so these are the worst cases (h >= K_b, or
+  h + N - n < K_b, settles it with no error). With alpha = delta / (2 looks x bounds), one look
+  per block of either check, a union bound gives P(an early verdict differs from the full-set
+  verdict) <= delta.
   The metric recorded is then h / n, with n in `samples`. The exact test decides where
   Serfling's bound (the first version here) still hesitates, most where accuracy is far from
   1/2 (CIFAR-10's early rounds: 2500 points where Serfling needed 4000).
@@ -181,16 +183,17 @@ class _Progress:
                     self.stop = f"{b.metric} {b.criterion}: exceeds {b.bound:.4g} already"
                 elif b.metric == f"cert_acc@{eps}" and b.kind == "min" and highest_acc < b.bound:
                     self.stop = f"{b.metric} {b.criterion}: cannot reach {b.bound:.4g}"
-        elif key == "pgd":
-            mine = [b for b in self.bounds if b.metric == "pgd_acc"]
-            alpha = self.delta / (self.looks * max(1, len(mine)))
+        elif key in ("clean", "pgd"):
+            metric = f"{key}_acc"
+            mine = [b for b in self.bounds if b.metric == metric]
+            alpha = self.delta / (2 * self.looks * max(1, len(mine)))
             verdicts = [accuracy_verdict(t.hits, t.n, t.total, b.bound, alpha) for b in mine]
             # the value recorded, hits / n, must tell the same (it does but where n is near N)
             verdicts = [v if v is None or v == b.admits(t.hits / t.n) else None
                         for b, v in zip(mine, verdicts, strict=True)]  # fmt: skip
             if False in verdicts:
                 failed = max(b.bound for b, v in zip(mine, verdicts, strict=True) if v is False)
-                self.stop = f"pgd_acc below {failed:.4g} (n={t.n})"
+                self.stop = f"{metric} below {failed:.4g} (n={t.n})"
             elif all(verdicts) and t.n < t.total:
                 t.decided = True
 
@@ -215,19 +218,16 @@ class _Tasks:
         t, model, gate = time.perf_counter(), self.model, self.gate
         if kind in ("clean", "pgd"):  # torch's CPU convolutions run faster channels-last
             model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        if kind == "clean":
-            r = evaluate(model, self.val, min(gate.batch_size, CALL_POINTS))
-            return r.n, round(r.accuracy * r.n), 0.0, time.perf_counter() - t
-        if kind == "pgd":
             block, index = arg  # type: ignore[misc]
             generator = torch_generator(self.seed, "gate-pgd", server_round, block)
             hits = 0
             for part in index.split(CALL_POINTS):
                 x, y = to_float(self.val.x[part]), self.val.y[part]
                 x = x.contiguous(memory_format=torch.channels_last)
-                x_adv = pgd(model, x, y, self.attack(), generator)
+                if kind == "pgd":
+                    x = pgd(model, x, y, self.attack(), generator)
                 with torch.no_grad():
-                    hits += int((model(x_adv).argmax(1) == y).sum())
+                    hits += int((model(x).argmax(1) == y).sum())
             return len(index), hits, 0.0, time.perf_counter() - t
         eps, part, chunk = arg  # type: ignore[misc]
         r = certify_dataset(
@@ -325,11 +325,12 @@ class CandidateMeasurer:
         samples = {k: len(self.cert) if k.startswith("cert") else len(self.val) for k in metrics}
         return MeasureResult(metrics, samples, seconds)
 
-    def _pgd_blocks(self) -> list[tuple[str, object]]:
-        """PGD on blocks of `gate.batch-size` validation points, in the seeded random order."""
+    def _val_blocks(self, kind: str) -> list[tuple[str, object]]:
+        """Clean or PGD accuracy on blocks of `gate.batch-size` validation points, in the seeded
+        random order."""
         size = self.gate.batch_size
         return [
-            ("pgd", (i, self._val_order[s : s + size]))
+            (kind, (i, self._val_order[s : s + size]))
             for i, s in enumerate(range(0, len(self.val), size))
         ]
 
@@ -373,21 +374,25 @@ class CandidateMeasurer:
         n_val, n_cert = len(self.val), len(self.cert)
         tallies = {"clean": _Tally(n_val), "pgd": _Tally(n_val)}
         tallies |= {f"cert@{eps:g}": _Tally(n_cert) for eps in gate.l_crt}
-        pgd_blocks = self._pgd_blocks()
+        clean_blocks, pgd_blocks = self._val_blocks("clean"), self._val_blocks("pgd")
         progress = _Progress(tallies, bounds, bool(bounds), gate.early_delta, len(pgd_blocks))
         workers = self._worker_pool()
-        # clean accuracy, then PGD blocks and certification slices interleaved; the workers
-        # start on the first ones while this process sizes the certification's chunks
-        first = [("clean", None), *pgd_blocks[: gate.workers - 1]]
+        # clean, PGD and certification tasks interleaved (clean ones are short: two at a time);
+        # the workers start on the first ones while this process sizes the certification chunks
+        val = [
+            task
+            for i in range(len(pgd_blocks))
+            for task in clean_blocks[2 * i : 2 * i + 2] + pgd_blocks[i : i + 1]
+        ]
+        first, later = val[: gate.workers], val[gate.workers :]
         in_flight: dict[Future, str] = {
             workers.submit(kind, arg, server_round): kind for kind, arg in first
         }
-        later = pgd_blocks[len(first) - 1 :]
         cert = self._cert_slices()
         tasks = deque(
             task
             for i in range(max(len(later), len(cert)))
-            for task in later[i : i + 1] + cert[i : i + 1]
+            for task in later[2 * i : 2 * i + 2] + cert[i : i + 1]
         )
 
         def submit_next() -> None:
@@ -421,6 +426,6 @@ class CandidateMeasurer:
             metrics[f"cert_loss@{eps:g}"] = mean(t.loss_sum, t.n)
             samples[f"cert_acc@{eps:g}"] = samples[f"cert_loss@{eps:g}"] = t.n
         seconds = {k: t.seconds for k, t in tallies.items()} | {"wall": wall}
-        pgd = tallies["pgd"]
-        early = stop or (f"pgd_acc decided at n={pgd.n}" if pgd.decided else "")
-        return MeasureResult(metrics, samples, seconds, early)
+        decided = [f"{k}_acc decided at n={tallies[k].n}" for k in ("pgd", "clean")
+                   if tallies[k].decided]  # fmt: skip
+        return MeasureResult(metrics, samples, seconds, stop or ", ".join(decided))

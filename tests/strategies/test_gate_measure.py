@@ -60,6 +60,10 @@ def test_early_verdicts_stop_as_soon_as_the_bound_decides(setup) -> None:
     pgd_ok = measure(arrays, 1, [Bound("pgd_acc", 0.0, "min", "floor")])
     assert pgd_ok.samples["pgd_acc"] < 200 and pgd_ok.early.startswith("pgd_acc decided")
     assert pgd_ok.samples["cert_loss@0.02"] == 200  # certification is never cut short on a pass
+    # clean accuracy too is decided block by block: a bound of 1.0 fails at the first miss
+    clean_fail = measure(arrays, 1, [Bound("clean_acc", 1.0, "min", "floor")])
+    assert clean_fail.early.startswith("clean_acc below 1 (n=")
+    assert clean_fail.samples["clean_acc"] < 200 and clean_fail.metrics["clean_acc"] < 1.0
 
 
 def test_the_workers_measure_each_new_candidate_not_the_first(setup) -> None:
