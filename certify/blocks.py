@@ -210,15 +210,18 @@ class Patches:
             out = _diagonal_conv(self.coef, self.post, weight, stride, padding)
             return Patches(out, stride, padding, self.source, False, live=self.live)
         args = (self.coef, self.post, weight, stride, padding, (sh, sw))
+        new_padding = (self.padding[0] + padding[0] * sh, self.padding[1] + padding[1] * sw)
+        new_stride = (sh * stride[0], sw * stride[1])
+        ho, wo = conv_out(h, ah, stride[0], padding[0]), conv_out(w, aw, stride[1], padding[1])
         plane = abs_sum = None
         if self.depthwise or keeps_channels:
             out = _conv_products(*args, keeps_channels)
         else:
-            plane, abs_sum = _conv_matmuls(*args, groups)
-            ho, wo = conv_out(h, ah, stride[0], padding[0]), conv_out(w, aw, stride[1], padding[1])
+            live = None
+            if self.live is not None and self.coef.shape[5] == 1:
+                live = (self.live, new_stride, new_padding, (ho, wo))
+            plane, abs_sum = _conv_matmuls(*args, groups, live)
             out = plane[:, :, :, :ho, :wo]
-        new_padding = (self.padding[0] + padding[0] * sh, self.padding[1] + padding[1] * sw)
-        new_stride = (sh * stride[0], sw * stride[1])
         depthwise = self.depthwise and keeps_channels
         return Patches(
             out, new_stride, new_padding, self.source, depthwise, None, plane, abs_sum, self.live
@@ -527,13 +530,16 @@ def _conv_matmuls(
     padding: Pair,
     window_stride: Pair,
     groups: int,
+    live: tuple[torch.Tensor, Pair, Pair, Pair] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A convolution of window coefficients `coef` `(Kh, Kw, Cs, H, W, B, C)` (times the
     per-neuron factor `post` `(H, W, 1 or B, C)`, when given), as the sum over kernel taps of a
     shifted image times the tap's `(O, C)` matrix; tap (a1, a2) moves each output's window by
     `window_stride * (a1, a2)`. Returns `(KH, KW, Cs, Hq, Wq, B, O)`, whose top-left
     `(Ho, Wo)` positions are the output; the others are scratch, zero or finite; and, when
-    summed cell by cell, the sum of its absolute values over windows `(Hq, Wq, B, O)`.
+    summed cell by cell, the sum of its absolute values over windows `(Hq, Wq, B, O)`. `live`
+    (one sample only): the source's live symbols, and the output's window stride, padding and
+    size, so that where few symbols live only their rows are summed (`_live_rows`).
 
     The input is zero-padded and split into `stride` phases (one copy), so that every tap reads
     a contiguous, shifted run of the flattened `(Hq, Wq, B)` positions of each window row:
@@ -562,7 +568,10 @@ def _conv_matmuls(
     shape = (kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, hq, wq, b, o)
     cell_bytes = math.prod(shape[2:]) * coef.element_size()
     if groups == 1 and cell_bytes >= TILE_BYTES and not _tracks_grad(phases, weight):
-        return _sum_taps_by_cell(phases, weight, shape, (st1, st2), (sh, sw))
+        rows = None
+        if live is not None and live[0].float().mean() < LIVE_GATHER_SHARE:
+            rows = _live_rows(*live, shape)
+        return _sum_taps_by_cell(phases, weight, shape, (st1, st2), (sh, sw), rows)
     out = zeros(coef, *shape)
     og = o // groups
     for a1 in range(ah):
@@ -579,19 +588,48 @@ def _conv_matmuls(
     return out, None
 
 
+def _live_rows(
+    live: torch.Tensor, stride: Pair, padding: Pair, size: Pair, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """`(KH, KW, Cs * Hq * Wq)` bool: the rows `(s, i, j)` of every window cell of a one-sample
+    output `shape` `(KH, KW, Cs, Hq, Wq, 1, O)` (window `stride`, `padding`, positions `size`
+    of the Hq x Wq) whose symbol is live, i.e. that may be nonzero."""
+    kh, kw, cs, hq, wq = shape[:5]
+    _, src_h, src_w = live.shape
+    dev = live.device
+    ys = (
+        stride[0] * torch.arange(hq, device=dev)
+        - padding[0]
+        + torch.arange(kh, device=dev)[:, None]
+    )
+    xs = (
+        stride[1] * torch.arange(wq, device=dev)
+        - padding[1]
+        + torch.arange(kw, device=dev)[:, None]
+    )
+    y_in = (ys >= 0) & (ys < src_h) & (torch.arange(hq, device=dev) < size[0])  # (KH, Hq)
+    x_in = (xs >= 0) & (xs < src_w) & (torch.arange(wq, device=dev) < size[1])  # (KW, Wq)
+    rows = live[:, ys.clamp(0, src_h - 1)][:, :, :, xs.clamp(0, src_w - 1)]  # (Cs, KH, Hq, KW, Wq)
+    rows = rows & y_in[None, :, :, None, None] & x_in[None, None, None]
+    return rows.permute(1, 3, 0, 2, 4).reshape(kh, kw, -1)
+
+
 def _sum_taps_by_cell(
     phases: torch.Tensor,
     weight: torch.Tensor,
     shape: tuple[int, ...],
     stride: Pair,
     window_stride: Pair,
+    live_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`_conv_matmuls`' sum over taps for large window cells (`groups == 1`, no autograd): one
     output window cell (U, V) at a time and a cache-sized tile of its rows at a time, so every
     tap landing there is summed while the tile is hot; the first tap writes it (no zero fill).
     Costs more calls than summing tap by tap, so only worth it where a cell is megabytes.
     While a tile is hot, its absolute values are added up over source channels and cells: the
-    radius of the next ReLU, `(Hq, Wq, B, O)`, without reading the output again.
+    radius of the next ReLU, `(Hq, Wq, B, O)`, without reading the output again. With
+    `live_rows` (`_live_rows`, one sample) each cell's live rows are gathered, summed over its
+    taps and written into the zeroed cell: the other rows are zero by construction.
     """
     _, _, kh, kw, _, hq, wq, b, c = phases.shape
     o, _, ah, aw = weight.shape
@@ -612,6 +650,9 @@ def _sum_taps_by_cell(
                  weight[:, :, a1, a2].t())
                 for a1, u in rows for a2, v in cols
             ]  # fmt: skip
+            if live_rows is not None:
+                _sum_live_taps(flat[uu, vv], abs_sum, taps, live_rows[uu, vv], period)
+                continue
             for t0 in range(0, n, tile):
                 dst = flat[uu, vv, t0 : t0 + tile]
                 shift, run, tap = taps[0]
@@ -624,6 +665,28 @@ def _sum_taps_by_cell(
                 hot = torch.abs(dst, out=scratch[: dst.shape[0]])
                 abs_sum += hot.view(-1, period, o).sum(0)
     return out, abs_sum.view(hq, wq, b, o)
+
+
+def _sum_live_taps(
+    dst: torch.Tensor,
+    abs_sum: torch.Tensor,
+    taps: list[tuple[int, torch.Tensor, torch.Tensor]],
+    live: torch.Tensor,
+    period: int,
+) -> None:
+    """One output cell `dst` `(R, O)` of `_sum_taps_by_cell`, one sample: the sum over `taps`
+    (row shift, input rows, `(C, O)` weights) of the rows where `live`, the other rows zeroed;
+    their absolute values are added onto `abs_sum` `(period, O)`."""
+    rows = live.nonzero().squeeze(1)
+    dst.zero_()
+    if rows.numel() == 0:
+        return
+    acc = None
+    for shift, run, tap in taps:
+        part = run.index_select(0, rows + shift)
+        acc = part @ tap if acc is None else acc.addmm_(part, tap)
+    dst.index_copy_(0, rows, acc)
+    abs_sum.index_add_(0, rows % period, acc.abs())
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def _live_patches(gen: torch.Generator, samples: int = 3) -> Patches:
     radius *= torch.rand(radius.shape, generator=gen) < 0.15
     base = Patches.diagonal(radius)
     first = torch.randn(4, 4, 2, 2, generator=gen, dtype=torch.float64)
-    second = torch.randn(3, 4, 3, 2, generator=gen, dtype=torch.float64)
+    second = torch.randn(4, 4, 3, 2, generator=gen, dtype=torch.float64)
     return base.conv(first, (1, 1), (0, 0), 1).conv(second, (2, 1), (1, 1), 1)
 
 
@@ -57,15 +57,26 @@ def _close(a: Dense, b: Dense) -> bool:
 
 @pytest.mark.parametrize("conv", CONVS)
 @pytest.mark.parametrize(
-    "kind", ["sparse", "many sparse", "patches", "patches by cell", "depthwise patches"]
-)
+    "kind",
+    ["sparse", "many sparse", "patches", "patches by cell", "live patches by cell",
+     "depthwise patches"],
+)  # fmt: skip
 def test_conv_matches_dense(kind: str, conv: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     """("many sparse": enough symbols that the sparse block switches to window patches; "by
-    cell": tiles of two rows, so that even these small windows are summed cell by cell.)"""
+    cell": tiles of two rows, so that even these small windows are summed cell by cell; "live":
+    one sample whose source has few live symbols, whose rows alone are summed.)"""
     gen = torch.Generator().manual_seed(0)
-    if kind == "patches by cell":
+    gathered = []
+    sum_live_taps = blocks._sum_live_taps
+    monkeypatch.setattr(
+        blocks, "_sum_live_taps", lambda *a: gathered.append(1) or sum_live_taps(*a)
+    )
+    if "by cell" in kind:
         monkeypatch.setattr(blocks, "TILE_BYTES", 2 * conv[0] * 8)
-    if "sparse" in kind:
+    if kind == "live patches by cell":
+        block = _live_patches(gen, samples=1)
+        gathered.clear()  # the test is the last convolution, not those that built the block
+    elif "sparse" in kind:
         block = _sparse(gen, 0.9 if kind == "many sparse" else 0.1)
     else:
         block = _patches(gen, kind == "depthwise patches")
@@ -76,8 +87,9 @@ def test_conv_matches_dense(kind: str, conv: tuple, monkeypatch: pytest.MonkeyPa
     assert _close(out.dense(), want)
     # the radius too (summed while the tiles were hot, when by cell), also after a scale
     assert torch.allclose(out.radius(), want.radius(), atol=1e-10)
-    if kind == "patches by cell" and conv[4] == 1:  # the path that sums it on the way
+    if "by cell" in kind and conv[4] == 1:  # the path that sums it on the way
         assert out.abs_sum is not None
+    assert bool(gathered) == (kind == "live patches by cell" and conv[4] == 1)
     s = torch.rand(1, *out.shape, generator=gen, dtype=torch.float64) - 0.5
     assert torch.allclose(out.scale(s).radius(), want.scale(s).radius(), atol=1e-10)
 
