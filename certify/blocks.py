@@ -213,13 +213,12 @@ class Patches:
         new_padding = (self.padding[0] + padding[0] * sh, self.padding[1] + padding[1] * sw)
         new_stride = (sh * stride[0], sw * stride[1])
         ho, wo = conv_out(h, ah, stride[0], padding[0]), conv_out(w, aw, stride[1], padding[1])
-        plane = abs_sum = None
+        plane = abs_sum = live = None
+        if self.live is not None and self.coef.shape[5] == 1 and not self.depthwise:
+            live = (self.live, new_stride, new_padding, (ho, wo))  # the output rows' symbols
         if self.depthwise or keeps_channels:
-            out = _conv_products(*args, keeps_channels)
+            out = _conv_products(*args, keeps_channels, live)
         else:
-            live = None
-            if self.live is not None and self.coef.shape[5] == 1:
-                live = (self.live, new_stride, new_padding, (ho, wo))
             plane, abs_sum = _conv_matmuls(*args, groups, live)
             out = plane[:, :, :, :ho, :wo]
         depthwise = self.depthwise and keeps_channels
@@ -433,16 +432,17 @@ def _conv_products(
     padding: Pair,
     window_stride: Pair,
     per_channel: bool,
+    live: tuple[torch.Tensor, Pair, Pair, Pair] | None = None,
 ) -> torch.Tensor:
     """A convolution of a depthwise block or with per-channel kernels: products, no sums over
     channels. With `per_channel` (`groups == C == O`, average pooling) each neuron channel keeps
     its own windows; otherwise (a depthwise block, `groups == 1`) the input channel becomes the
     output's source channel. Each tap adds a strided view of the input onto a strided view of
     the output's windows, shifted by `window_stride * tap`; no copy of the input is made.
-    Returns `(KH, KW, Cs', Ho, Wo, B, O)`.
+    Returns `(KH, KW, Cs', Ho, Wo, B, O)`. `live`: as in `_conv_matmuls`.
     """
     if per_channel and not _tracks_grad(coef, weight, *([] if post is None else [post])):
-        return _per_channel_by_cell(coef, post, weight, stride, padding, window_stride)
+        return _per_channel_by_cell(coef, post, weight, stride, padding, window_stride, live)
     kh, kw, cs, h, w, b, c = coef.shape
     o, _, ah, aw = weight.shape
     (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
@@ -478,11 +478,14 @@ def _per_channel_by_cell(
     stride: Pair,
     padding: Pair,
     window_stride: Pair,
+    live: tuple[torch.Tensor, Pair, Pair, Pair] | None = None,
 ) -> torch.Tensor:
     """`_conv_products` with per-channel kernels (average pooling; no autograd), one output
     window cell at a time: the first tap covering the whole cell writes it, the others add
     onto it while it is hot (no zero fill, no read-modify-write of the whole output per tap).
-    On CIFAR-10's cifar-cnn 62 -> 55 ms for its largest block (one thread)."""
+    On CIFAR-10's cifar-cnn 62 -> 55 ms for its largest block (one thread). With `live` (one
+    sample, fewer than half its symbols live, every tap covering the whole output: pooling
+    without padding) only each cell's live rows are gathered and summed (`_pool_live_rows`)."""
     kh, kw, cs, h, w, b, c = coef.shape
     _, _, ah, aw = weight.shape
     (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
@@ -502,6 +505,13 @@ def _per_channel_by_cell(
             )
             taps.append((a1, a2, (slice(i_lo, i_hi), slice(j_lo, j_hi)), (rows, cols), factor))
     whole = (slice(0, ho), slice(0, wo))
+    if (
+        live is not None
+        and live[0].float().mean() < LIVE_GATHER_SHARE
+        and all((oi, oj) == whole for _, _, (oi, oj), _, _ in taps)
+    ):
+        _pool_live_rows(out, coef, taps, _live_rows(*live, out.shape), window_stride)
+        return out
     for uu in range(out.shape[0]):
         for vv in range(out.shape[1]):
             dst, written = out[uu, vv], False
@@ -520,6 +530,39 @@ def _per_channel_by_cell(
             if not written:
                 dst.zero_()
     return out
+
+
+def _pool_live_rows(
+    out: torch.Tensor,
+    coef: torch.Tensor,
+    taps: list,
+    live_rows: torch.Tensor,
+    window_stride: Pair,
+) -> None:
+    """`_per_channel_by_cell`'s cells, one sample, from the live rows `(s, i, j)` of each output
+    cell only (`_live_rows`): each tap's input rows and per-neuron factors are gathered, their
+    products summed, and the sum written into the zeroed cell."""
+    kh, kw, cs, h, w, _, c = coef.shape
+    _, _, _, ho, wo, _, _ = out.shape
+    sh, sw = window_stride
+    for uu in range(out.shape[0]):
+        for vv in range(out.shape[1]):
+            dst = out[uu, vv].view(-1, c)
+            dst.zero_()
+            rows = live_rows[uu, vv].nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            s, i, j = rows // (ho * wo), rows // wo % ho, rows % wo
+            acc = None
+            for a1, a2, _, (ys, xs), factor in taps:
+                u, v = uu - a1 * sh, vv - a2 * sw
+                if not (0 <= u < kh and 0 <= v < kw):
+                    continue
+                src = coef[u, v][s, ys.start + ys.step * i, xs.start + xs.step * j, 0]  # (n, C)
+                f = factor[i, j, 0] if factor.dim() == 4 else factor
+                acc = src * f if acc is None else acc.addcmul_(src, f)
+            if acc is not None:
+                dst.index_copy_(0, rows, acc)
 
 
 def _conv_matmuls(
