@@ -509,6 +509,8 @@ def _per_channel_by_cell(
         live is not None
         and live[0].float().mean() < LIVE_GATHER_SHARE
         and all((oi, oj) == whole for _, _, (oi, oj), _, _ in taps)
+        and coef.stride()[-1] == 1
+        and all(st % c == 0 for st in coef.stride()[2:5])  # a cell's rows: views of C values
     ):
         _pool_live_rows(out, coef, taps, _live_rows(*live, out.shape), window_stride)
         return out
@@ -545,6 +547,9 @@ def _pool_live_rows(
     kh, kw, cs, h, w, _, c = coef.shape
     _, _, _, ho, wo, _, _ = out.shape
     sh, sw = window_stride
+    st_s, st_y, st_x = coef.stride()[2:5]  # rows (s, y, x) of a cell: multiples of C, C unit
+    span = (st_s * (cs - 1) + st_y * (h - 1) + st_x * (w - 1)) // c + 1
+    factors = [f.reshape(ho * wo, c) if f.dim() == 4 else f for *_, f in taps]
     for uu in range(out.shape[0]):
         for vv in range(out.shape[1]):
             dst = out[uu, vv].view(-1, c)
@@ -554,12 +559,17 @@ def _pool_live_rows(
                 continue
             s, i, j = rows // (ho * wo), rows // wo % ho, rows % wo
             acc = None
-            for a1, a2, _, (ys, xs), factor in taps:
+            for (a1, a2, _, (ys, xs), _), factor in zip(taps, factors, strict=True):
                 u, v = uu - a1 * sh, vv - a2 * sw
                 if not (0 <= u < kh and 0 <= v < kw):
                     continue
-                src = coef[u, v][s, ys.start + ys.step * i, xs.start + xs.step * j, 0]  # (n, C)
-                f = factor[i, j, 0] if factor.dim() == 4 else factor
+                cell = coef[u, v]  # (Cs, H, W, 1, C), as the rows of its storage
+                offset = (
+                    s * st_s + (ys.start + ys.step * i) * st_y + (xs.start + xs.step * j) * st_x
+                )
+                flat = cell.as_strided((span, c), (c, 1))
+                src = flat.index_select(0, offset // c)
+                f = factor.index_select(0, i * wo + j) if factor.dim() == 2 else factor
                 acc = src * f if acc is None else acc.addcmul_(src, f)
             if acc is not None:
                 dst.index_copy_(0, rows, acc)
