@@ -10,7 +10,8 @@ Two schedulers (`gate.scheduler`):
   `gate.batch-size` validation points in a seeded random order; certification of slices of the
   certification set per radius) that `gate.workers` worker processes take in queue order, each
   running torch with a single thread (strategies/gate_workers.py). A busy core then delays one
-  task, not every operation of both workers.
+  task, not every operation of both workers. While certification slices remain, a sequential
+  check (below) has one block in flight at a time: the verdict it brings may save the next.
 
 Early verdict (`pool` with `gate.early-verdict`, given the rule's bounds): measuring stops as
 soon as the verdict is known.
@@ -379,35 +380,42 @@ class CandidateMeasurer:
         workers = self._worker_pool()
         # clean, PGD and certification tasks interleaved (clean ones are short: two at a time);
         # the workers start on the first ones while this process sizes the certification chunks
-        val = [
+        tasks = deque(
             task
             for i in range(len(pgd_blocks))
             for task in clean_blocks[2 * i : 2 * i + 2] + pgd_blocks[i : i + 1]
-        ]
-        first, later = val[: gate.workers], val[gate.workers :]
-        in_flight: dict[Future, str] = {
-            workers.submit(kind, arg, server_round): kind for kind, arg in first
-        }
-        cert = self._cert_slices()
-        tasks = deque(
+        )
+        in_flight: dict[Future, str] = {}
+        certifying = True  # certification slices remain (or are still to be planned)
+
+        def submit_next() -> None:
+            """The first needed task, but at most one block of a sequential check (clean, PGD)
+            at a time while certification slices remain: the verdict that block brings may make
+            the next one unnecessary, and the other workers certify meanwhile."""
+            busy = set(in_flight.values())
+            for index, (kind, arg) in enumerate(tasks):
+                sequential = not kind.startswith("cert@")
+                if progress.needed(kind) and not (sequential and certifying and kind in busy):
+                    del tasks[index]
+                    in_flight[workers.submit(kind, arg, server_round)] = kind
+                    return
+
+        for _ in range(gate.workers):
+            submit_next()
+        cert, later = self._cert_slices(), list(tasks)
+        tasks.clear()
+        tasks.extend(
             task
             for i in range(max(len(later), len(cert)))
             for task in later[2 * i : 2 * i + 2] + cert[i : i + 1]
         )
-
-        def submit_next() -> None:
-            while tasks:
-                kind, arg = tasks.popleft()
-                if progress.needed(kind):
-                    in_flight[workers.submit(kind, arg, server_round)] = kind
-                    return
-
         for _ in range(gate.workers - len(in_flight)):
             submit_next()
         while in_flight:  # every task in flight finishes before the model may change
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 progress.add(in_flight.pop(future), *future.result())
+                certifying = any(kind.startswith("cert@") for kind, _ in tasks)
                 submit_next()
         return self._result(tallies, progress.stop, time.perf_counter() - start)
 

@@ -66,6 +66,19 @@ def test_early_verdicts_stop_as_soon_as_the_bound_decides(setup) -> None:
     assert clean_fail.samples["clean_acc"] < 200 and clean_fail.metrics["clean_acc"] < 1.0
 
 
+def test_a_decided_check_wastes_no_block_on_a_second_worker(setup) -> None:
+    """With two workers, a PGD block is not started while another is in flight and
+    certification slices remain: once the first block decides, no second one was run."""
+    flat, splits, arrays = setup
+    measure = _measurer(flat, splits, **{"gate.workers": 2})
+    try:
+        r = measure(arrays, 1, [Bound("pgd_acc", 0.0, "min", "floor")])
+    finally:
+        measure.close()
+    assert r.samples["pgd_acc"] == 50 and r.early.startswith("pgd_acc decided at n=50")
+    assert r.samples["cert_loss@0.02"] == 200
+
+
 def test_the_workers_measure_each_new_candidate_not_the_first(setup) -> None:
     """The worker processes see the parent's model through shared memory: a second candidate
     loaded into the same measurer is measured as a fresh measurer measures it."""
