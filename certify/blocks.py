@@ -449,26 +449,40 @@ def _conv_products(
     ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
     out_cs = cs if per_channel else c
     out = zeros(coef, kh + (ah - 1) * sh, kw + (aw - 1) * sw, out_cs, ho, wo, b, o)
+    for a1, a2, (oi, oj), (rows, cols) in _inside_taps((h, w), (ho, wo), weight, stride, padding):
+        src = coef[:, :, :, rows, cols]  # (kh, kw, cs, ni, nj, b, c)
+        dst = out[a1 * sh : a1 * sh + kh, a2 * sw : a2 * sw + kw, :, oi, oj]
+        tap = weight[:, :, a1, a2]  # (O, C) or, per channel, (C, 1)
+        if per_channel:  # the tap's weight and `post` are one factor per neuron
+            dst.addcmul_(src, tap[:, 0] if post is None else post[rows, cols] * tap[:, 0])
+            continue
+        if post is not None:
+            src = src * post[rows, cols]
+        # dst[u, v, c, i, j, b, o] += src[u, v, 0, i, j, b, c] * tap[o, c]
+        src = src[:, :, 0].permute(0, 1, 5, 2, 3, 4)[..., None]
+        dst.addcmul_(src, tap.t().reshape(1, 1, c, 1, 1, 1, o))
+    return out
+
+
+def _inside_taps(
+    size: Pair, out_size: Pair, weight: torch.Tensor, stride: Pair, padding: Pair
+) -> list[tuple[int, int, tuple[slice, slice], tuple[slice, slice]]]:
+    """The kernel taps `(a1, a2)` of a convolution that land inside its `size` input for some
+    outputs: those outputs (rows and columns of the `out_size` output) and the input rows and
+    columns they read (strided slices)."""
+    (h, w), (ho, wo) = size, out_size
+    _, _, ah, aw = weight.shape
+    (st1, st2), (p1, p2) = stride, padding
+    taps = []
     for a1 in range(ah):
         i_lo, i_hi, y0 = _tap_range(ho, h, st1, p1, a1)
         for a2 in range(aw):
             j_lo, j_hi, x0 = _tap_range(wo, w, st2, p2, a2)
-            if i_hi == i_lo or j_hi == j_lo:
-                continue
-            rows = slice(y0, y0 + st1 * (i_hi - i_lo), st1)
-            cols = slice(x0, x0 + st2 * (j_hi - j_lo), st2)
-            src = coef[:, :, :, rows, cols]  # (kh, kw, cs, ni, nj, b, c)
-            dst = out[a1 * sh : a1 * sh + kh, a2 * sw : a2 * sw + kw, :, i_lo:i_hi, j_lo:j_hi]
-            tap = weight[:, :, a1, a2]  # (O, C) or, per channel, (C, 1)
-            if per_channel:  # the tap's weight and `post` are one factor per neuron
-                dst.addcmul_(src, tap[:, 0] if post is None else post[rows, cols] * tap[:, 0])
-                continue
-            if post is not None:
-                src = src * post[rows, cols]
-            # dst[u, v, c, i, j, b, o] += src[u, v, 0, i, j, b, c] * tap[o, c]
-            src = src[:, :, 0].permute(0, 1, 5, 2, 3, 4)[..., None]
-            dst.addcmul_(src, tap.t().reshape(1, 1, c, 1, 1, 1, o))
-    return out
+            if i_hi > i_lo and j_hi > j_lo:
+                rows = slice(y0, y0 + st1 * (i_hi - i_lo), st1)
+                cols = slice(x0, x0 + st2 * (j_hi - j_lo), st2)
+                taps.append((a1, a2, (slice(i_lo, i_hi), slice(j_lo, j_hi)), (rows, cols)))
+    return taps
 
 
 def _per_channel_by_cell(
@@ -491,19 +505,13 @@ def _per_channel_by_cell(
     (st1, st2), (p1, p2), (sh, sw) = stride, padding, window_stride
     ho, wo = conv_out(h, ah, st1, p1), conv_out(w, aw, st2, p2)
     out = empty(coef, kh + (ah - 1) * sh, kw + (aw - 1) * sw, cs, ho, wo, b, c)
-    taps = []  # (a1, a2, output positions, input rows and columns, factor per neuron)
-    for a1 in range(ah):
-        i_lo, i_hi, y0 = _tap_range(ho, h, st1, p1, a1)
-        for a2 in range(aw):
-            j_lo, j_hi, x0 = _tap_range(wo, w, st2, p2, a2)
-            if i_hi == i_lo or j_hi == j_lo:
-                continue
-            rows = slice(y0, y0 + st1 * (i_hi - i_lo), st1)
-            cols = slice(x0, x0 + st2 * (j_hi - j_lo), st2)
-            factor = (
-                weight[:, 0, a1, a2] if post is None else post[rows, cols] * weight[:, 0, a1, a2]
-            )
-            taps.append((a1, a2, (slice(i_lo, i_hi), slice(j_lo, j_hi)), (rows, cols), factor))
+    taps = [  # (a1, a2, output positions, input rows and columns, factor per neuron)
+        (a1, a2, outputs, (rows, cols),
+         weight[:, 0, a1, a2] if post is None else post[rows, cols] * weight[:, 0, a1, a2])
+        for a1, a2, outputs, (rows, cols) in _inside_taps(
+            (h, w), (ho, wo), weight, stride, padding
+        )
+    ]  # fmt: skip
     whole = (slice(0, ho), slice(0, wo))
     if (
         live is not None
