@@ -307,6 +307,10 @@ class GateConfig(Section):
     history: int = param(20, "calibrated: accepted models the spread is learned from", ge=1)
     spread_factor: float = param(2.0, "calibrated: tolerance = factor x the benign spread", gt=0)
     acc_ratio_floor: float = param(0.5, "calibrated: the loosest accuracy ratio", gt=0, le=1)
+    acc_slack: float = param(
+        0.02, "calibrated: accuracies may fall this much more (absolute; one point of a small set)",
+        ge=0, le=1,
+    )  # fmt: skip
     loss_factor_max: float = param(4.0, "calibrated: the loosest certified-loss growth", ge=1)
     loss_ceiling: float = param(
         2.0, "calibrated: certified loss at most this x the round-0 model's (0 = off)", ge=0
