@@ -349,19 +349,16 @@ def _add_live_rows(
     _, src_h, src_w = live.shape
     (sh, sw), (ph, pw) = stride, padding
     dev = coef.device
-    # source row and column of every window offset at every position: (H, Kh) and (W, Kw)
-    ys = sh * torch.arange(h, device=dev)[:, None] - ph + torch.arange(kh, device=dev)
-    xs = sw * torch.arange(w, device=dev)[:, None] - pw + torch.arange(kw, device=dev)
-    y_in, x_in = (ys >= 0) & (ys < src_h), (xs >= 0) & (xs < src_w)
-    ys, xs = ys.clamp(0, src_h - 1), xs.clamp(0, src_w - 1)
-    # (H, W, Kh, Kw, Cs): the canvas row of each window row, and whether it is live
+    # (H, W, Kh, Kw, Cs): whether each window row is live, and the canvas row it lands on
+    keep = _live_rows(live, stride, padding, (h, w), coef.shape).view(kh, kw, cs, h, w)
+    keep = keep.permute(3, 4, 0, 1, 2)
+    ys = (sh * torch.arange(h, device=dev)[:, None] - ph + torch.arange(kh, device=dev)).clamp(0)
+    xs = (sw * torch.arange(w, device=dev)[:, None] - pw + torch.arange(kw, device=dev)).clamp(0)
     target = (ys[:, None, :, None, None] * src_w + xs[None, :, None, :, None]) * cs + torch.arange(
         cs, device=dev
     )
-    keep = live.permute(1, 2, 0)[ys[:, None, :, None], xs[None, :, None, :]]
-    keep &= y_in[:, None, :, None, None] & x_in[None, :, None, :, None]
     flat = coef.flatten(0, 2)  # window rows (u, v, s) of each position (i, j)
-    target, keep = target.view(h * w, -1), keep.view(h * w, -1)
+    target, keep = target.view(h * w, -1), keep.reshape(h * w, -1)
     for p in range(h * w):
         rows = keep[p].nonzero().squeeze(1)
         if rows.numel():
@@ -701,7 +698,7 @@ def _sum_taps_by_cell(
     period = hq * wq * b  # rows (i, j, b) of one source channel: tiles hold whole ones
     tile = max(1, TILE_BYTES // (o * out.element_size() * period)) * period
     abs_sum = zeros(out, period, o)
-    scratch = empty(out, min(tile, n), o)
+    scratch = empty(out, min(tile, n), o) if live_rows is None else None
     for uu in range(shape[0]):
         rows = [(a1, uu - a1 * sh) for a1 in range(ah) if 0 <= uu - a1 * sh < kh]
         for vv in range(shape[1]):
